@@ -1,0 +1,172 @@
+//! A blocking request/reply connection to one endpoint.
+//!
+//! It uses a DEALER socket with the empty delimiter frame, so it talks to
+//! any ROUTER or REP server. Unlike PyCOM's REQ socket it never wedges: after
+//! a timeout the socket is thrown away and a fresh one is connected, so a
+//! late reply to an abandoned call can never be taken for the next call's.
+
+use crate::error::{Error, Result};
+use crate::proto::{self, Request, Response};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Default time a call waits for its reply, as in PyCOM.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// A reply: the decoded body and any attachment frames after it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub response: Response,
+    pub attachments: Vec<Vec<u8>>,
+}
+
+/// One endpoint, one socket, one call at a time.
+pub struct Connection {
+    ctx: zmq::Context,
+    endpoint: String,
+    socket: zmq::Socket,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connect to `endpoint` (ZeroMQ connects lazily: this fails only on a
+    /// malformed endpoint, never because the peer is down).
+    pub fn open(ctx: &zmq::Context, endpoint: &str) -> Result<Connection> {
+        let socket = connect(ctx, endpoint)?;
+        Ok(Connection {
+            ctx: ctx.clone(),
+            endpoint: endpoint.to_string(),
+            socket,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The timeout used by [`Connection::call`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Call `interface.method(args)` and return its result, or the remote
+    /// error as [`Error::Remote`].
+    pub fn invoke(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
+        let reply = self.call(&Request::new(interface, method, args), &[])?;
+        reply.response.result.map_err(Error::Remote)
+    }
+
+    /// Send a request with attachments and wait for the whole reply.
+    pub fn call(&mut self, request: &Request, attachments: &[&[u8]]) -> Result<Reply> {
+        let body = proto::encode_request_body(request);
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(3 + attachments.len());
+        frames.push(b"");
+        frames.push(proto::CMD_CALL);
+        frames.push(&body);
+        frames.extend_from_slice(attachments);
+        self.call_frames(&frames)
+    }
+
+    /// Send raw frames (delimiter included) and wait for a reply. Tests use
+    /// it to send what a well-behaved client never would.
+    pub fn call_frames(&mut self, frames: &[&[u8]]) -> Result<Reply> {
+        let deadline = Instant::now() + self.timeout;
+        let sent = self.socket.send_multipart(frames.iter().copied(), zmq::DONTWAIT);
+        if let Err(source) = sent {
+            self.reset()?;
+            return Err(match source {
+                zmq::Error::EAGAIN => self.timeout_error(),
+                source => Error::Transport {
+                    endpoint: self.endpoint.clone(),
+                    source,
+                },
+            });
+        }
+        let parts = match self.recv_until(deadline) {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.reset()?;
+                return Err(e);
+            }
+        };
+        self.decode(parts)
+    }
+
+    fn recv_until(&mut self, deadline: Instant) -> Result<Vec<Vec<u8>>> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+            let ready = self
+                .socket
+                .poll(zmq::POLLIN, ms)
+                .map_err(|source| Error::Transport {
+                    endpoint: self.endpoint.clone(),
+                    source,
+                })?;
+            if ready > 0 {
+                return self.socket.recv_multipart(0).map_err(|source| Error::Transport {
+                    endpoint: self.endpoint.clone(),
+                    source,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error());
+            }
+        }
+    }
+
+    fn decode(&self, mut parts: Vec<Vec<u8>>) -> Result<Reply> {
+        // DEALER keeps the empty delimiter the server echoed back.
+        if parts.first().is_some_and(|p| p.is_empty()) {
+            parts.remove(0);
+        }
+        let malformed = |message: &str| Error::Malformed {
+            endpoint: self.endpoint.clone(),
+            message: message.to_string(),
+        };
+        if parts.is_empty() {
+            return Err(malformed("empty reply"));
+        }
+        let status = parts.remove(0);
+        let body = if parts.is_empty() {
+            Vec::new()
+        } else {
+            parts.remove(0)
+        };
+        let response =
+            proto::decode_response(&status, &body).map_err(|e| Error::from_response(&self.endpoint, e))?;
+        Ok(Reply {
+            response,
+            attachments: parts,
+        })
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            endpoint: self.endpoint.clone(),
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Replace the socket, dropping whatever the old one had queued.
+    fn reset(&mut self) -> Result<()> {
+        self.socket = connect(&self.ctx, &self.endpoint)?;
+        Ok(())
+    }
+}
+
+fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket> {
+    let transport = |source| Error::Transport {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let socket = ctx.socket(zmq::DEALER).map_err(transport)?;
+    // Never keep a process alive (or a socket's memory) for unsent requests.
+    socket.set_linger(0).map_err(transport)?;
+    socket.connect(endpoint).map_err(|source| Error::Endpoint {
+        endpoint: endpoint.to_string(),
+        source,
+    })?;
+    Ok(socket)
+}

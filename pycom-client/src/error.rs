@@ -1,0 +1,64 @@
+//! One error type for everything a call can run into.
+
+use crate::proto::{Code, Fault, ResponseError};
+
+/// What went wrong with a call: the remote side's answer, or the way there.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer answered with a non-zero result code.
+    #[error("{}", .0.message)]
+    Remote(Fault),
+    /// The peer answered `FAIL`: it could not understand the request at all.
+    #[error("{endpoint} could not understand the request{}", fail_detail(.message))]
+    Failed { endpoint: String, message: String },
+    /// The reply was not valid ZeroJSON.
+    #[error("{endpoint} sent a malformed reply: {message}")]
+    Malformed { endpoint: String, message: String },
+    /// No reply within the timeout.
+    #[error("no reply from {endpoint} within {timeout_ms} ms")]
+    Timeout { endpoint: String, timeout_ms: u64 },
+    /// The endpoint string is not one ZeroMQ can connect to.
+    #[error("invalid endpoint '{endpoint}': {source}")]
+    Endpoint { endpoint: String, source: zmq::Error },
+    /// ZeroMQ itself failed.
+    #[error("ZeroMQ error talking to {endpoint}: {source}")]
+    Transport { endpoint: String, source: zmq::Error },
+}
+
+fn fail_detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+impl Error {
+    /// The result code of a remote error, if this is one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Remote(f) => Some(f.code),
+            _ => None,
+        }
+    }
+
+    /// True when the peer could not be reached or did not answer in time.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::Transport { .. })
+    }
+
+    pub(crate) fn from_response(endpoint: &str, e: ResponseError) -> Error {
+        match e {
+            ResponseError::Failed(message) => Error::Failed {
+                endpoint: endpoint.to_string(),
+                message,
+            },
+            ResponseError::Malformed(message) => Error::Malformed {
+                endpoint: endpoint.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
