@@ -1,0 +1,85 @@
+//! One function per subcommand; each talks to pycomd through pycom-client.
+
+mod call;
+mod registry;
+
+use crate::{Cli, Command};
+use pycom_client::{Connection, NameserverClient};
+use std::time::Duration;
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    Client(pycom_client::Error),
+    Usage(String),
+}
+
+impl Failure {
+    /// 1 for a remote error, 2 for bad usage, 3 when nothing answered.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Client(e) if e.is_unreachable() => 3,
+            Failure::Client(_) => 1,
+            Failure::Usage(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Client(e) => write!(f, "{e}"),
+            Failure::Usage(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl From<pycom_client::Error> for Failure {
+    fn from(e: pycom_client::Error) -> Failure {
+        Failure::Client(e)
+    }
+}
+
+pub fn run(cli: &Cli) -> Result<(), Failure> {
+    let ctx = zmq::Context::new();
+    let ns = connect(&ctx, &cli.nameserver, cli.timeout)?;
+    let mut ns = NameserverClient::new(ns);
+    match &cli.command {
+        Command::Stat => registry::stat(cli, &mut ns),
+        Command::ListServices { interface, service } => {
+            registry::list_services(cli, &mut ns, interface.as_deref(), service.as_deref())
+        }
+        Command::Locate {
+            interface,
+            service,
+            all,
+        } => registry::locate(cli, &mut ns, interface, service.as_deref(), *all),
+        Command::Register {
+            service,
+            address,
+            interfaces,
+            ttl,
+        } => registry::register(cli, &mut ns, service, address, interfaces, *ttl),
+        Command::Unregister { service, address } => registry::unregister(cli, &mut ns, service, address),
+        Command::Call {
+            interface,
+            method,
+            args,
+            service,
+        } => call::call(
+            cli,
+            &ctx,
+            &mut ns,
+            interface,
+            method,
+            args.as_deref(),
+            service.as_deref(),
+        ),
+    }
+}
+
+pub fn connect(ctx: &zmq::Context, endpoint: &str, timeout_ms: u64) -> Result<Connection, Failure> {
+    let mut conn = Connection::open(ctx, endpoint)?;
+    conn.set_timeout(Duration::from_millis(timeout_ms));
+    Ok(conn)
+}

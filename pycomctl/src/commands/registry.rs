@@ -1,0 +1,115 @@
+//! stat, list-services, locate, register, unregister.
+
+use super::Failure;
+use crate::output;
+use crate::Cli;
+use pycom_client::{NameserverClient, Registration, ServiceInfo};
+use serde_json::{json, Value};
+
+pub fn stat(cli: &Cli, ns: &mut NameserverClient) -> Result<(), Failure> {
+    let stat = ns.stat()?;
+    if cli.json {
+        output::json(&stat);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = match &stat {
+        Value::Object(map) => map.iter().map(|(k, v)| vec![k.clone(), plain(v)]).collect(),
+        other => vec![vec!["result".into(), plain(other)]],
+    };
+    output::table(&["FIELD", "VALUE"], &rows);
+    Ok(())
+}
+
+pub fn list_services(
+    cli: &Cli,
+    ns: &mut NameserverClient,
+    interface: Option<&str>,
+    service: Option<&str>,
+) -> Result<(), Failure> {
+    let services = ns.list_services(interface, service)?;
+    print_services(cli, &services);
+    Ok(())
+}
+
+pub fn locate(
+    cli: &Cli,
+    ns: &mut NameserverClient,
+    interface: &str,
+    service: Option<&str>,
+    all: bool,
+) -> Result<(), Failure> {
+    let services = if all {
+        ns.locate_all(interface, service)?
+    } else {
+        vec![ns.locate(interface, service)?]
+    };
+    if cli.json && !all {
+        output::json(&json!(services[0]));
+    } else {
+        print_services(cli, &services);
+    }
+    Ok(())
+}
+
+pub fn register(
+    cli: &Cli,
+    ns: &mut NameserverClient,
+    service: &str,
+    address: &str,
+    interfaces: &[String],
+    ttl_ms: Option<u64>,
+) -> Result<(), Failure> {
+    let lease = ns.register(&Registration {
+        service: service.to_string(),
+        address: address.to_string(),
+        interfaces: interfaces.to_vec(),
+        ttl_ms,
+        metadata: Default::default(),
+    })?;
+    if cli.json {
+        output::json(&json!({"service": service, "lease_ms": lease}));
+    } else {
+        match lease {
+            Some(ms) => println!("registered {service} at {address} with a lease of {ms} ms"),
+            None => println!("registered {service} at {address} (probed: no lease)"),
+        }
+    }
+    Ok(())
+}
+
+pub fn unregister(cli: &Cli, ns: &mut NameserverClient, service: &str, address: &str) -> Result<(), Failure> {
+    ns.unregister(service, address)?;
+    if cli.json {
+        output::json(&json!({"service": service, "unregistered": true}));
+    } else {
+        println!("unregistered {service}");
+    }
+    Ok(())
+}
+
+fn print_services(cli: &Cli, services: &[ServiceInfo]) {
+    if cli.json {
+        output::json(&json!(services));
+        return;
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let meta: Vec<String> = s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                s.service.clone(),
+                s.address.clone(),
+                s.interfaces.join(","),
+                meta.join(","),
+            ]
+        })
+        .collect();
+    output::table(&["SERVICE", "ADDRESS", "INTERFACES", "METADATA"], &rows);
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,197 @@
+//! Every setting of pycomd, in one struct, loaded in layers.
+//!
+//! Lowest to highest: built-in defaults, the config file (`--config FILE`,
+//! else `/etc/pycomd/pycomd.toml` when it exists), `PYCOMD_*` environment
+//! variables, command-line flags. `etc/pycomd.toml` documents each setting.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file read when `--config` is not given, if it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/pycomd/pycomd.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// ZeroMQ endpoint for requests (ROUTER).
+    pub listen: String,
+    /// Where the registry is kept (sled).
+    pub data_dir: PathBuf,
+    /// Log filter when RUST_LOG is not set: a level or tracing directives.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Largest request (all frames together) that gets an answer.
+    pub max_message_bytes: usize,
+    /// Most records the registry holds; registers beyond it get code 7.
+    pub max_records: usize,
+    pub ttl_min_ms: u64,
+    pub ttl_max_ms: u64,
+    /// How often a lease-less record's address is probed.
+    pub probe_interval_ms: u64,
+    /// How long a probe waits for its reply.
+    pub probe_timeout_ms: u64,
+    /// Consecutive unanswered probes after which the record is dropped.
+    pub probe_failures: u32,
+    /// Messages queued per peer, each way, before pycomd drops (outgoing) or
+    /// stops reading (incoming): what bounds memory against slow peers.
+    pub high_water_mark: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            listen: pycom_client::nameserver::DEFAULT_ENDPOINT.to_string(),
+            data_dir: default_data_dir(),
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            max_message_bytes: 1024 * 1024,
+            max_records: 1_000_000,
+            ttl_min_ms: 1_000,
+            ttl_max_ms: 3_600_000,
+            probe_interval_ms: 5_000,
+            probe_timeout_ms: 2_000,
+            probe_failures: 3,
+            high_water_mark: 1_000,
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY` under systemd (its first entry), else `./pycomd-data`.
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(dirs) if !dirs.is_empty() => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            PathBuf::from(dirs.split(':').next().unwrap_or(&dirs))
+        }
+        _ => PathBuf::from("./pycomd-data"),
+    }
+}
+
+/// Settings given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl Settings {
+    /// Load all layers. Errors read like sentences and name the file or key.
+    pub fn load(overrides: &Overrides) -> Result<Settings, String> {
+        let defaults =
+            config::Config::try_from(&Settings::default()).map_err(|e| format!("built-in defaults: {e}"))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        match &overrides.config_file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(format!("config file {} does not exist", path.display()));
+                }
+                builder = builder.add_source(config_file(path));
+            }
+            None if Path::new(SYSTEM_CONFIG).is_file() => {
+                builder = builder.add_source(config_file(Path::new(SYSTEM_CONFIG)));
+            }
+            None => {}
+        }
+        let builder = builder
+            .add_source(config::Environment::with_prefix("PYCOMD").try_parsing(true))
+            .set_override_option("listen", overrides.listen.clone())
+            .and_then(|b| {
+                b.set_override_option(
+                    "data_dir",
+                    overrides.data_dir.as_ref().map(|d| d.display().to_string()),
+                )
+            })
+            .and_then(|b| b.set_override_option("log_level", overrides.log_level.clone()))
+            .and_then(|b| b.set_override_option("log_format", overrides.log_format.clone()))
+            .map_err(|e| format!("command-line flags: {e}"))?;
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.listen.contains("://") {
+            return Err(format!(
+                "listen = '{}' is not a ZeroMQ endpoint (expected e.g. tcp://127.0.0.1:2012)",
+                self.listen
+            ));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(format!(
+                "max_message_bytes = {} is below the minimum of 1024",
+                self.max_message_bytes
+            ));
+        }
+        if self.ttl_min_ms == 0 || self.ttl_min_ms > self.ttl_max_ms {
+            return Err(format!(
+                "ttl_min_ms = {} must be at least 1 and at most ttl_max_ms = {}",
+                self.ttl_min_ms, self.ttl_max_ms
+            ));
+        }
+        if self.probe_interval_ms == 0 || self.probe_timeout_ms == 0 || self.probe_failures == 0 {
+            return Err(
+                "probe_interval_ms, probe_timeout_ms and probe_failures must all be at least 1".into(),
+            );
+        }
+        if self.high_water_mark <= 0 {
+            return Err(format!(
+                "high_water_mark = {} must be at least 1",
+                self.high_water_mark
+            ));
+        }
+        if self.max_records == 0 {
+            return Err("max_records must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn config_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path)
+        .format(config::FileFormat::Toml)
+        .required(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_flags_in_order() {
+        let dir = std::env::temp_dir().join(format!("pycomd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pycomd.toml");
+        std::fs::write(&file, "listen = \"tcp://127.0.0.1:3000\"\nprobe_failures = 7\n").unwrap();
+        let mut o = Overrides {
+            config_file: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let s = Settings::load(&o).unwrap();
+        assert_eq!(s.listen, "tcp://127.0.0.1:3000");
+        assert_eq!(s.probe_failures, 7);
+        o.listen = Some("tcp://127.0.0.1:4000".into());
+        assert_eq!(Settings::load(&o).unwrap().listen, "tcp://127.0.0.1:4000");
+        std::fs::write(&file, "lissten = \"x\"\n").unwrap();
+        let err = Settings::load(&o).unwrap_err();
+        assert!(err.contains("lissten"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,86 @@
+//! Frames in and out of the ROUTER socket: size limits, the routing
+//! envelope, replies. The body inside is `pycom_client::proto`'s business.
+
+use pycom_client::proto;
+
+/// Routing frames a message may carry before its command (ROUTER identity,
+/// proxies' identities, the empty delimiter).
+const MAX_ENVELOPE_FRAMES: usize = 8;
+/// Allowance over `max_message_bytes` for the routing envelope.
+const ENVELOPE_BYTES: usize = 1024;
+
+/// One message read from the ROUTER socket.
+pub struct Incoming {
+    /// Identity frames and, if the peer sent one, the empty delimiter.
+    pub envelope: Vec<zmq::Message>,
+    /// `[command, body, attachment...]`; cut short when `oversize` is set.
+    pub parts: Vec<zmq::Message>,
+    /// Set when the message was larger than allowed: its size in bytes.
+    pub oversize: Option<usize>,
+}
+
+/// Read one whole message without blocking; `None` when none is waiting.
+///
+/// Frames past `max_bytes` are read and dropped at once, so an oversized
+/// message costs pycomd no more memory than the limit (libzmq itself
+/// refuses single frames above the socket's `ZMQ_MAXMSGSIZE`).
+pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, zmq::Error> {
+    let first = match socket.recv_msg(zmq::DONTWAIT) {
+        Ok(msg) => msg,
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let budget = max_bytes.saturating_add(ENVELOPE_BYTES);
+    let mut more = first.get_more();
+    let mut total = first.len();
+    let mut frames = vec![first];
+    let mut dropping = false;
+    while more {
+        let msg = socket.recv_msg(0)?;
+        more = msg.get_more();
+        total = total.saturating_add(msg.len());
+        if total > budget {
+            dropping = true;
+        }
+        if !dropping {
+            frames.push(msg);
+        }
+    }
+    let split = envelope_len(&frames);
+    let parts = frames.split_off(split);
+    Ok(Some(Incoming {
+        envelope: frames,
+        parts,
+        oversize: dropping.then_some(total),
+    }))
+}
+
+/// Where the envelope ends. REQ peers and well-behaved DEALER peers send an
+/// empty delimiter; a DEALER that does not still gets answered, on the
+/// envelope it came with.
+fn envelope_len(frames: &[zmq::Message]) -> usize {
+    for (i, frame) in frames.iter().enumerate().take(MAX_ENVELOPE_FRAMES).skip(1) {
+        if frame.is_empty() {
+            return i + 1;
+        }
+        if &frame[..] == proto::CMD_CALL {
+            return i;
+        }
+    }
+    1.min(frames.len())
+}
+
+/// Send `[envelope..., status, body]`. A peer that went away or stopped
+/// reading (its queue is at the high-water mark) loses the reply: ROUTER
+/// drops it rather than block every other peer.
+pub fn send<E: std::ops::Deref<Target = [u8]>>(
+    socket: &zmq::Socket,
+    envelope: &[E],
+    status: &[u8],
+    body: &[u8],
+) {
+    let frames = envelope.iter().map(|frame| &frame[..]).chain([status, body]);
+    if let Err(e) = socket.send_multipart(frames, zmq::DONTWAIT) {
+        tracing::debug!("reply dropped: {e}");
+    }
+}
