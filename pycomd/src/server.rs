@@ -234,15 +234,15 @@ impl Server {
                 }
                 EVENT_SIGNAL => match rest.first().map(Vec::as_slice) {
                     Some(b"HUP") => self.reload(),
-                    Some(name) => {
-                        if flow == Flow::Serve {
-                            info!(signal = %String::from_utf8_lossy(name), "stopping: flushing registry writes");
-                            notify::stopping();
-                            // Closing the queue lets the store write what it has, then stop.
-                            self.store = None;
-                            flow = Flow::Stop;
-                        }
+                    Some(name) if flow == Flow::Serve => {
+                        info!(signal = %String::from_utf8_lossy(name), "stopping: flushing registry writes");
+                        notify::stopping();
+                        // Closing the queue lets the store write what it has, then stop.
+                        self.store = None;
+                        flow = Flow::Stop;
                     }
+                    // A second TERM while stopping changes nothing.
+                    Some(_) => {}
                     None => {}
                 },
                 EVENT_STORE_DONE => return Flow::Stopped,

@@ -1,1 +1,270 @@
+//! Helpers for end-to-end tests: start the real `pycomd` on a free port with
+//! a temporary data dir, wait for conditions (never a fixed sleep), talk to
+//! it, and clean up the process when the test ends.
+//!
+//! The binaries are taken from the target directory this test was built
+//! into (`cargo build --workspace` first; `tests/run.sh` does).
 
+use pycom_client::{Connection, NameserverClient, Registration};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, next to this test's `deps` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace, or bash tests/run.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Poll `cond` every few milliseconds until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running pycomd, killed when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// pycomd on a free port with a fresh data dir and default settings.
+    pub fn start() -> Daemon {
+        Daemon::with(&[], &[])
+    }
+
+    /// Extra `PYCOMD_*` environment and extra flags.
+    pub fn with(env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut daemon = Daemon {
+            child: None,
+            port,
+            endpoint: format!("tcp://127.0.0.1:{port}"),
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("pycomd.log"),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Start (again) on the same port and data dir; waits until it serves.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "pycomd is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut cmd = Command::new(bin("pycomd"));
+        cmd.arg("--listen")
+            .arg(&self.endpoint)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn pycomd"));
+        let ok = wait_until(Duration::from_secs(15), || {
+            self.assert_running();
+            self.ns_with_timeout(200).stat().is_ok()
+        });
+        assert!(ok, "pycomd did not start serving; log:\n{}", self.log());
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pycomd exited early with {status}; log:\n{}", self.log());
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A nameserver client with a 5 s timeout.
+    pub fn ns(&self) -> NameserverClient {
+        self.ns_with_timeout(5000)
+    }
+
+    pub fn ns_with_timeout(&self, ms: u64) -> NameserverClient {
+        NameserverClient::new(self.connection(ms))
+    }
+
+    pub fn connection(&self, timeout_ms: u64) -> Connection {
+        let ctx = zmq::Context::new();
+        let mut conn = Connection::open(&ctx, &self.endpoint).expect("connect");
+        conn.set_timeout(Duration::from_millis(timeout_ms));
+        conn
+    }
+
+    /// Send a signal by name (TERM, HUP, KILL...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("pycomd did not exit within {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything pycomd logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Resident memory of the daemon, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A registration with a lease.
+pub fn leased(service: &str, address: &str, interfaces: &[&str], ttl_ms: u64) -> Registration {
+    Registration {
+        service: service.into(),
+        address: address.into(),
+        interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+        ttl_ms: Some(ttl_ms),
+        metadata: Default::default(),
+    }
+}
+
+/// A registration without a lease (probed by pycomd).
+pub fn probed(service: &str, address: &str, interfaces: &[&str]) -> Registration {
+    Registration {
+        ttl_ms: None,
+        ..leased(service, address, interfaces, 0)
+    }
+}
+
+/// A tiny service answering every request, like a PyCOM 0.3 service (REP),
+/// on a thread; stops when dropped.
+pub struct EchoService {
+    pub endpoint: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoService {
+    pub fn start() -> EchoService {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::REP).expect("socket");
+        socket.set_linger(0).expect("linger");
+        socket.bind("tcp://127.0.0.1:*").expect("bind");
+        let endpoint = socket.get_last_endpoint().expect("endpoint").expect("utf-8");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if socket.poll(zmq::POLLIN, 20).unwrap_or(0) > 0 && socket.recv_multipart(0).is_ok() {
+                    let _ = socket.send_multipart([&b"OK"[..], br#"{"code": 4, "error": "unsupported"}"#], 0);
+                }
+            }
+        });
+        EchoService {
+            endpoint,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EchoService {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
