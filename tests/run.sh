@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start"): builds the workspace, makes the
+# Python venv with PyCOM 0.3.2 for the interop tests (once, in
+# target/py-peers), then runs every test of every crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${PYCOM_VENV:-$PWD/target/py-peers}"
+if ! "$venv/bin/python" -c 'import pycom, zmq, tornado, six' 2>/dev/null; then
+  echo "== Creating $venv with the PyCOM 0.3.2 peers from PyPI"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+fi
+export PYCOM_PYTHON="$venv/bin/python"
+
+echo "== Building"
+cargo build --release --workspace --locked
+echo "== Testing"
+cargo test --release --workspace --locked
