@@ -122,6 +122,7 @@ fn run(settings: Settings, overrides: Overrides, log: logging::LogControl) -> Re
     let restored = records.len();
     registry.restore(records, Instant::now());
 
+    let store_counters = store.counters();
     let (store_tx, store_thread) = store.spawn(push(&ctx)?);
     let probe_settings = ProbeSettings {
         interval: Duration::from_millis(settings.probe_interval_ms),
@@ -153,7 +154,7 @@ fn run(settings: Settings, overrides: Overrides, log: logging::LogControl) -> Re
         log,
         store: Some(store_tx),
         prober: probe_tx,
-        stats: nameserver::Stats::new(),
+        stats: nameserver::Stats::new(store_counters),
     };
     server.run();
 

@@ -280,7 +280,7 @@ fn a_client_that_never_reads_does_not_starve_others_or_grow_memory() {
     let started = Instant::now();
     still_serves(&d);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(3),
         "stat took {:?}",
         started.elapsed()
     );

@@ -130,4 +130,13 @@ fn registrations_are_acknowledged_in_batches_under_load() {
         started.elapsed()
     );
     assert_eq!(d.ns().locate_all("b", None).unwrap().len(), 1600);
+    let stat = d.ns().stat().unwrap();
+    let writes = stat["store"]["writes"].as_u64().unwrap();
+    let flushes = stat["store"]["flushes"].as_u64().unwrap();
+    eprintln!("{writes} writes in {flushes} flushes");
+    assert_eq!(writes, 1600);
+    assert!(
+        flushes < writes,
+        "concurrent writes must share flushes: {writes} writes, {flushes} flushes"
+    );
 }

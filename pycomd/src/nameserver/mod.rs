@@ -14,10 +14,12 @@ mod unregister;
 
 use crate::config::Settings;
 use crate::registry::prober::ProbeCmd;
+use crate::registry::store::StoreCounters;
 use crate::registry::{Registry, StoreOp};
 use args::Args;
 use pycom_client::proto::{Code, Fault};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Request counters, reported by `stat`.
@@ -29,15 +31,17 @@ pub struct Stats {
     pub faults: u64,
     /// Requests answered `FAIL` (not a call at all).
     pub failed: u64,
+    pub store: Arc<StoreCounters>,
 }
 
 impl Stats {
-    pub fn new() -> Stats {
+    pub fn new(store: Arc<StoreCounters>) -> Stats {
         Stats {
             started: Instant::now(),
             requests: 0,
             faults: 0,
             failed: 0,
+            store,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{Context, Outcome};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 pub fn stat(ctx: &mut Context) -> Outcome {
     let stats = ctx.stats;
@@ -13,5 +14,9 @@ pub fn stat(ctx: &mut Context) -> Outcome {
         "requests": stats.requests,
         "errors": stats.faults,
         "failed": stats.failed,
+        "store": {
+            "writes": stats.store.writes.load(Ordering::Relaxed),
+            "flushes": stats.store.flushes.load(Ordering::Relaxed),
+        },
     })))
 }

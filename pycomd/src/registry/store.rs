@@ -9,7 +9,9 @@
 use super::record::Record;
 use pycom_client::proto::{self, Fault};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use tracing::{error, warn};
 
@@ -46,6 +48,15 @@ pub struct StoreJob {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    counters: Arc<StoreCounters>,
+}
+
+/// What the store has done, for `stat`: with many writers, `flushes` stays
+/// well below `writes` (group commit).
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
 }
 
 impl Store {
@@ -64,7 +75,15 @@ impl Store {
         let tree = db
             .open_tree("records")
             .map_err(|e| format!("cannot open the records tree in {}: {e}", dir.display()))?;
-        Ok(Store { db, tree })
+        Ok(Store {
+            db,
+            tree,
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn counters(&self) -> Arc<StoreCounters> {
+        self.counters.clone()
     }
 
     /// Every stored record. A record that does not decode is logged and skipped.
@@ -151,6 +170,10 @@ impl Store {
         }
         self.tree.apply_batch(batch).map_err(|e| e.to_string())?;
         self.db.flush().map_err(|e| e.to_string())?;
+        self.counters
+            .writes
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
