@@ -16,4 +16,10 @@ export PYCOM_PYTHON="$venv/bin/python"
 echo "== Building"
 cargo build --release --workspace --locked
 echo "== Testing"
-cargo test --release --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --locked 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run: cargo prints one per test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
