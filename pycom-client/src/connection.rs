@@ -72,6 +72,18 @@ impl Connection {
     /// it to send what a well-behaved client never would.
     pub fn call_frames(&mut self, frames: &[&[u8]]) -> Result<Reply> {
         let deadline = Instant::now() + self.timeout;
+        // With ZMQ_IMMEDIATE the socket is writable only once connected: a
+        // dead peer shows up here as a timeout instead of a request queued
+        // for ever.
+        let ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+        let writable = self.socket.poll(zmq::POLLOUT, ms).map_err(|source| Error::Transport {
+            endpoint: self.endpoint.clone(),
+            source,
+        })?;
+        if writable == 0 {
+            self.reset()?;
+            return Err(self.timeout_error());
+        }
         let sent = self.socket.send_multipart(frames.iter().copied(), zmq::DONTWAIT);
         if let Err(source) = sent {
             self.reset()?;
@@ -164,6 +176,8 @@ fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket> {
     let socket = ctx.socket(zmq::DEALER).map_err(transport)?;
     // Never keep a process alive (or a socket's memory) for unsent requests.
     socket.set_linger(0).map_err(transport)?;
+    // Queue nothing for a peer that is not connected (see call_frames).
+    socket.set_immediate(true).map_err(transport)?;
     socket.connect(endpoint).map_err(|source| Error::Endpoint {
         endpoint: endpoint.to_string(),
         source,

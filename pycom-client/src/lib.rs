@@ -24,6 +24,7 @@ pub mod connection;
 pub mod error;
 pub mod nameserver;
 pub mod proto;
+pub mod router;
 
 pub use connection::{Connection, Reply, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};

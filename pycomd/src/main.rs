@@ -11,7 +11,6 @@
 //! server waits on a single poll for requests and everything else.
 
 mod config;
-mod connection;
 mod logging;
 mod nameserver;
 mod notify;

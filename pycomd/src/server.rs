@@ -5,7 +5,7 @@
 //! answer requests, expire leases. Nothing here blocks on a peer or a disk.
 
 use crate::config::{Overrides, Settings};
-use crate::connection::{self, Incoming};
+use pycom_client::router::{self, Incoming};
 use crate::logging::LogControl;
 use crate::nameserver::{self, Context, Outcome, Stats};
 use crate::notify;
@@ -87,7 +87,7 @@ impl Server {
 
     fn serve_batch(&mut self) {
         for _ in 0..BATCH {
-            match connection::recv(&self.router, self.settings.max_message_bytes) {
+            match router::recv(&self.router, self.settings.max_message_bytes) {
                 Ok(Some(incoming)) => self.handle(incoming),
                 Ok(None) => return,
                 Err(e) => {
@@ -119,7 +119,7 @@ impl Server {
             Err(DecodeError::Framing(message)) => {
                 self.stats.failed += 1;
                 debug!("FAIL: {message}");
-                connection::send(&self.router, &envelope, proto::STATUS_FAIL, message.as_bytes());
+                router::send(&self.router, &envelope, proto::STATUS_FAIL, message.as_bytes());
                 return;
             }
             Err(DecodeError::Body(message)) => {
@@ -192,7 +192,7 @@ impl Server {
             self.stats.faults += 1;
         }
         let body = proto::encode_response(result, None);
-        connection::send(&self.router, envelope, proto::STATUS_OK, &body);
+        router::send(&self.router, envelope, proto::STATUS_OK, &body);
     }
 
     fn expire(&mut self, now: Instant) {

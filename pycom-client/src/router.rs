@@ -1,7 +1,8 @@
-//! Frames in and out of the ROUTER socket: size limits, the routing
-//! envelope, replies. The body inside is `pycom_client::proto`'s business.
+//! The server side of the transport: whole messages in and out of a ROUTER
+//! socket, with a size limit and the routing envelope split off. pycomd and
+//! hosted services both use it; the body inside is [`proto`]'s business.
 
-use pycom_client::proto;
+use crate::proto;
 
 /// Routing frames a message may carry before its command (ROUTER identity,
 /// proxies' identities, the empty delimiter).
