@@ -45,6 +45,10 @@ impl Connection {
         &self.endpoint
     }
 
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The timeout used by [`Connection::call`].
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
@@ -76,10 +80,13 @@ impl Connection {
         // dead peer shows up here as a timeout instead of a request queued
         // for ever.
         let ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
-        let writable = self.socket.poll(zmq::POLLOUT, ms).map_err(|source| Error::Transport {
-            endpoint: self.endpoint.clone(),
-            source,
-        })?;
+        let writable = self
+            .socket
+            .poll(zmq::POLLOUT, ms)
+            .map_err(|source| Error::Transport {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         if writable == 0 {
             self.reset()?;
             return Err(self.timeout_error());

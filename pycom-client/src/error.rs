@@ -20,6 +20,12 @@ pub enum Error {
     /// The endpoint string is not one ZeroMQ can connect to.
     #[error("invalid endpoint '{endpoint}': {source}")]
     Endpoint { endpoint: String, source: zmq::Error },
+    /// Arguments could not be encoded, or a result did not have the expected shape.
+    #[error("{0}")]
+    Data(String),
+    /// An attachment was too large, or could not be read or spilled.
+    #[error("attachment: {0}")]
+    Attachment(String),
     /// ZeroMQ itself failed.
     #[error("ZeroMQ error talking to {endpoint}: {source}")]
     Transport { endpoint: String, source: zmq::Error },

@@ -1,32 +1,52 @@
-//! pycom-client: the thin library that talks ZeroJSON, PyCOM's wire protocol.
+//! pycom-client: call pycom services and host them, over ZeroJSON (PyCOM's
+//! wire protocol).
 //!
-//! - [`proto`] is the wire format and nothing else: frames to and from
-//!   [`Request`](proto::Request) and [`Response`](proto::Response), result
-//!   [`Code`](proto::Code)s, and the [`Fault`](proto::Fault) a handler returns.
-//!   `pycomd` and `pycomctl` use it, so the format is written down once.
-//! - [`Connection`] makes calls to one endpoint over a DEALER socket, with a
-//!   timeout, and recovers its socket after a timeout.
-//! - [`NameserverClient`] wraps the `org.pycom.nameserver` methods.
-//! - [`Error`] is the one error type: a remote fault or a transport failure.
+//! Calling:
+//! - [`Context`]: the nameserver endpoint(s) (with failover), shared across
+//!   threads; [`Context::locate`] gives a [`Component`].
+//! - [`Component::invoke`] / [`invoke_as`](Component::invoke_as): a call
+//!   with a timeout, retried on a live provider after the service restarts
+//!   or moves ([`RetryPolicy`] says which methods are safe to retry).
+//! - [`Binary`] attachments out, [`Attachment`]s back (spilled to temporary
+//!   files above a threshold, bounded by [`Limits`]).
+//!
+//! Hosting: [`service::Service::builder`] binds, registers with a lease,
+//! renews, dispatches to handlers on worker threads, keeps sessions,
+//! answers `introspect`, and unregisters on stop.
+//!
+//! Declaring: [`interface!`] turns a list of method signatures into a typed
+//! client and a handler trait with introspection ([`proxy`]).
+//!
+//! Underneath: [`proto`] is the wire format and nothing else; [`router`]
+//! frames server-side messages; [`Connection`] is one DEALER socket to one
+//! endpoint; [`Error`] is the one error type.
 //!
 //! ```no_run
-//! // no_run: needs a pycomd listening on the default endpoint.
-//! use pycom_client::{Connection, NameserverClient, nameserver};
-//! let ctx = zmq::Context::new();
-//! let conn = Connection::open(&ctx, nameserver::DEFAULT_ENDPOINT)?;
-//! let mut ns = NameserverClient::new(conn);
-//! let info = ns.locate("com.foo.example", None)?;
-//! println!("{} at {}", info.service, info.address);
+//! // no_run: needs a pycomd on the default endpoint and a service there.
+//! use pycom_client::Context;
+//! let ctx = Context::from_env()?;
+//! let mut calc = ctx.locate("com.example.calc")?;
+//! let sum: i64 = calc.invoke_as("add", serde_json::json!({"a": 1, "b": 2}))?;
 //! # Ok::<(), pycom_client::Error>(())
 //! ```
 
+pub mod binary;
+pub mod component;
 pub mod connection;
+pub mod context;
 pub mod error;
 pub mod nameserver;
 pub mod proto;
+pub mod proxy;
 pub mod router;
+pub mod service;
 
+pub use binary::{Attachment, Binary, Limits};
+pub use component::{Component, Output, RetryPolicy};
 pub use connection::{Connection, Reply, DEFAULT_TIMEOUT};
+pub use context::{Context, NameserverHandle};
 pub use error::{Error, Result};
 pub use nameserver::{NameserverClient, Registration, ServiceInfo};
 pub use proto::{Code, Fault};
+#[doc(hidden)]
+pub use serde_json;

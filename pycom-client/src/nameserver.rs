@@ -1,9 +1,12 @@
-//! Typed calls to `org.pycom.nameserver`.
+//! Typed calls to `org.pycom.nameserver`, declared once with
+//! [`interface!`](crate::interface) (module [`api`]) and wrapped in
+//! [`NameserverClient`] for the shapes callers want.
 
 use crate::connection::Connection;
 use crate::error::Result;
+use crate::proxy::Invoker;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The nameserver's interface name.
@@ -24,6 +27,26 @@ pub struct ServiceInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
+crate::interface! {
+    /// The pycom nameserver: services register here, clients locate them.
+    pub mod api = "org.pycom.nameserver" {
+        /// Ping; version, uptime, counts.
+        fn stat() -> Value;
+        /// Register a service: `interface` adds one, `interfaces` replaces the set.
+        fn register(service: String, address: String;
+                    interface: String, interfaces: Vec<String>, ttl_ms: u64,
+                    metadata: BTreeMap<String, String>) -> Value;
+        /// Extend a lease.
+        fn renew(service: String, address: String) -> Value;
+        /// Remove a record (its owner only).
+        fn unregister(service: String, address: String) -> Value;
+        /// One live provider, or all with `as_list`.
+        fn locate(interface: String; service: String, as_list: bool) -> Value => [address, service, interfaces];
+        /// Records matching start-anchored regexes.
+        fn list_services(; interface: String, service: String) -> Vec<ServiceInfo>;
+    }
+}
+
 /// What `register` asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registration {
@@ -36,74 +59,63 @@ pub struct Registration {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// A connection to a nameserver, with one method per nameserver method.
-pub struct NameserverClient {
-    conn: Connection,
+/// The nameserver methods with the result shapes callers want, over any
+/// [`Invoker`]: a [`Connection`], or the failover handle from
+/// [`Context::nameserver`](crate::Context::nameserver).
+pub struct NameserverClient<I: Invoker = Connection> {
+    api: api::Client<I>,
 }
 
-impl NameserverClient {
-    pub fn new(conn: Connection) -> NameserverClient {
-        NameserverClient { conn }
+impl<I: Invoker> NameserverClient<I> {
+    pub fn new(invoker: I) -> NameserverClient<I> {
+        NameserverClient {
+            api: api::Client(invoker),
+        }
     }
 
-    pub fn connection(&mut self) -> &mut Connection {
-        &mut self.conn
+    /// The underlying invoker (a [`Connection`], say, to change its timeout).
+    pub fn invoker(&mut self) -> &mut I {
+        &mut self.api.0
     }
 
     pub fn stat(&mut self) -> Result<Value> {
-        self.conn.invoke(INTERFACE, "stat", Value::Null)
+        self.api.stat()
     }
 
     /// Register; returns the granted lease in ms (`None` for probed records).
     pub fn register(&mut self, reg: &Registration) -> Result<Option<u64>> {
-        let mut args = Map::new();
-        args.insert("service".into(), json!(reg.service));
-        args.insert("address".into(), json!(reg.address));
-        args.insert("interfaces".into(), json!(reg.interfaces));
-        if let Some(ttl) = reg.ttl_ms {
-            args.insert("ttl_ms".into(), json!(ttl));
-        }
-        if !reg.metadata.is_empty() {
-            args.insert("metadata".into(), json!(reg.metadata));
-        }
-        let result = self.conn.invoke(INTERFACE, "register", Value::Object(args))?;
+        let metadata = (!reg.metadata.is_empty()).then(|| reg.metadata.clone());
+        let result = self.api.register(
+            reg.service.clone(),
+            reg.address.clone(),
+            None,
+            Some(reg.interfaces.clone()),
+            reg.ttl_ms,
+            metadata,
+        )?;
         Ok(result.get("lease_ms").and_then(Value::as_u64))
     }
 
     pub fn renew(&mut self, service: &str, address: &str) -> Result<Value> {
-        self.conn.invoke(
-            INTERFACE,
-            "renew",
-            json!({"service": service, "address": address}),
-        )
+        self.api.renew(service.into(), address.into())
     }
 
     pub fn unregister(&mut self, service: &str, address: &str) -> Result<Value> {
-        self.conn.invoke(
-            INTERFACE,
-            "unregister",
-            json!({"service": service, "address": address}),
-        )
+        self.api.unregister(service.into(), address.into())
     }
 
     /// One live provider of `interface` (optionally under `service`).
     pub fn locate(&mut self, interface: &str, service: Option<&str>) -> Result<ServiceInfo> {
-        let v = self.conn.invoke(
-            INTERFACE,
-            "locate",
-            json!({"interface": interface, "service": service}),
-        )?;
-        self.parse(v)
+        let v = self.api.locate(interface.into(), service.map(Into::into), None)?;
+        crate::proxy::from_value("locate", v)
     }
 
     /// Every live provider of `interface` (optionally under `service`).
     pub fn locate_all(&mut self, interface: &str, service: Option<&str>) -> Result<Vec<ServiceInfo>> {
-        let v = self.conn.invoke(
-            INTERFACE,
-            "locate",
-            json!({"interface": interface, "service": service, "as_list": true}),
-        )?;
-        self.parse(v)
+        let v = self
+            .api
+            .locate(interface.into(), service.map(Into::into), Some(true))?;
+        crate::proxy::from_value("locate", v)
     }
 
     /// Records whose service and one of whose interfaces match the
@@ -113,18 +125,7 @@ impl NameserverClient {
         interface: Option<&str>,
         service: Option<&str>,
     ) -> Result<Vec<ServiceInfo>> {
-        let v = self.conn.invoke(
-            INTERFACE,
-            "list_services",
-            json!({"interface": interface, "service": service}),
-        )?;
-        self.parse(v)
-    }
-
-    fn parse<T: serde::de::DeserializeOwned>(&self, v: Value) -> Result<T> {
-        serde_json::from_value(v).map_err(|e| crate::Error::Malformed {
-            endpoint: self.conn.endpoint().to_string(),
-            message: format!("unexpected result shape: {e}"),
-        })
+        self.api
+            .list_services(interface.map(Into::into), service.map(Into::into))
     }
 }

@@ -5,7 +5,6 @@
 //! answer requests, expire leases. Nothing here blocks on a peer or a disk.
 
 use crate::config::{Overrides, Settings};
-use pycom_client::router::{self, Incoming};
 use crate::logging::LogControl;
 use crate::nameserver::{self, Context, Outcome, Stats};
 use crate::notify;
@@ -15,6 +14,7 @@ use crate::registry::{Registry, StoreOp};
 use crate::signals::EVENT_SIGNAL;
 use pycom_client::nameserver::INTERFACE;
 use pycom_client::proto::{self, DecodeError, Fault};
+use pycom_client::router::{self, Incoming};
 use std::sync::mpsc::{Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};

@@ -1,0 +1,164 @@
+//! The entry point for callers: which nameservers to ask, and components
+//! located through them.
+
+use crate::component::Component;
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::nameserver::{NameserverClient, DEFAULT_ENDPOINT};
+use crate::proxy::Invoker;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Nameserver endpoints and defaults, shared by everything made from it.
+///
+/// Cheap to clone and safe to share across threads: each thread's calls
+/// use their own sockets (a small pool of nameserver connections, and one
+/// socket per [`Component`]).
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    zmq: zmq::Context,
+    nameservers: Vec<String>,
+    timeout_ms: AtomicU64,
+    /// The nameserver that answered last: asked first next time.
+    preferred: AtomicUsize,
+    /// Idle nameserver connections, by endpoint index.
+    pool: Mutex<Vec<(usize, Connection)>>,
+}
+
+impl Context {
+    /// Nameservers as `tcp://host:port`, several separated by commas (tried
+    /// in order when one does not answer).
+    pub fn new(nameservers: &str) -> Result<Context> {
+        Context::with_nameservers(nameservers.split(',').map(str::trim).filter(|s| !s.is_empty()))
+    }
+
+    /// `PYCOM_NAMESERVER` (comma-separated), else `tcp://127.0.0.1:2012`.
+    pub fn from_env() -> Result<Context> {
+        match std::env::var("PYCOM_NAMESERVER") {
+            Ok(spec) if !spec.trim().is_empty() => Context::new(&spec),
+            _ => Context::new(DEFAULT_ENDPOINT),
+        }
+    }
+
+    pub fn with_nameservers<S: Into<String>>(nameservers: impl IntoIterator<Item = S>) -> Result<Context> {
+        let nameservers: Vec<String> = nameservers.into_iter().map(Into::into).collect();
+        if nameservers.is_empty() {
+            return Err(Error::Data("no nameserver endpoint given".into()));
+        }
+        if let Some(bad) = nameservers.iter().find(|e| !e.contains("://")) {
+            return Err(Error::Endpoint {
+                endpoint: bad.clone(),
+                source: zmq::Error::EINVAL,
+            });
+        }
+        Ok(Context {
+            inner: Arc::new(Inner {
+                zmq: zmq::Context::new(),
+                nameservers,
+                timeout_ms: AtomicU64::new(crate::DEFAULT_TIMEOUT.as_millis() as u64),
+                preferred: AtomicUsize::new(0),
+                pool: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn zmq(&self) -> &zmq::Context {
+        &self.inner.zmq
+    }
+
+    pub fn nameservers(&self) -> &[String] {
+        &self.inner.nameservers
+    }
+
+    /// The timeout of calls made from now on (components copy it when made).
+    pub fn set_default_timeout(&self, timeout: Duration) {
+        self.inner
+            .timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// The nameserver, with failover between the configured endpoints.
+    pub fn nameserver(&self) -> NameserverClient<NameserverHandle> {
+        NameserverClient::new(NameserverHandle { ctx: self.clone() })
+    }
+
+    /// A component for any live provider of `interface`.
+    pub fn locate(&self, interface: &str) -> Result<Component> {
+        let info = self.nameserver().locate(interface, None)?;
+        Component::new(self.clone(), interface, None, &info.address, true)
+    }
+
+    /// A component for `interface` provided by the service `service`.
+    pub fn locate_service(&self, interface: &str, service: &str) -> Result<Component> {
+        let info = self.nameserver().locate(interface, Some(service))?;
+        Component::new(self.clone(), interface, Some(service), &info.address, true)
+    }
+
+    /// A component for `interface` at a known address (never re-located).
+    pub fn connect(&self, address: &str, interface: &str) -> Result<Component> {
+        Component::new(self.clone(), interface, None, address, false)
+    }
+
+    fn take_connection(&self, index: usize) -> Result<Connection> {
+        let pooled = {
+            let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.iter()
+                .position(|(i, _)| *i == index)
+                .map(|at| pool.swap_remove(at).1)
+        };
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => Connection::open(&self.inner.zmq, &self.inner.nameservers[index])?,
+        };
+        conn.set_timeout(self.default_timeout());
+        Ok(conn)
+    }
+
+    fn return_connection(&self, index: usize, conn: Connection) {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+        // Enough idle sockets for a few threads; the rest are closed.
+        if pool.len() < 16 {
+            pool.push((index, conn));
+        }
+    }
+}
+
+/// Calls to whichever configured nameserver answers.
+pub struct NameserverHandle {
+    ctx: Context,
+}
+
+impl Invoker for NameserverHandle {
+    fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
+        let inner = &self.ctx.inner;
+        let n = inner.nameservers.len();
+        let first = inner.preferred.load(Ordering::Relaxed) % n;
+        let mut last_error = None;
+        for k in 0..n {
+            let index = (first + k) % n;
+            let mut conn = self.ctx.take_connection(index)?;
+            match conn.invoke(interface, method, args.clone()) {
+                Err(e) if e.is_unreachable() => {
+                    tracing::debug!(nameserver = %inner.nameservers[index], "nameserver unreachable: {e}");
+                    last_error = Some(e);
+                }
+                outcome => {
+                    inner.preferred.store(index, Ordering::Relaxed);
+                    self.ctx.return_connection(index, conn);
+                    return outcome;
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Data("no nameserver endpoint given".into())))
+    }
+}

@@ -1,0 +1,214 @@
+//! What a service offers: interfaces, their methods and documentation, and
+//! the request and reply a handler sees.
+
+use crate::binary::{Attachment, Binary};
+use crate::proto::{type_name, Code, Fault};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A method handler: reads the request, returns a reply or a fault.
+pub type Handler = Arc<dyn Fn(&mut Request) -> Result<Reply, Fault> + Send + Sync>;
+
+/// A call as a handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    pub interface: String,
+    pub method: String,
+    pub args: Value,
+    pub attachments: Vec<Attachment>,
+    pub extensions: Map<String, Value>,
+    /// Per-client state. Starts empty; storing anything creates a session
+    /// whose id goes back to the client.
+    pub session: Map<String, Value>,
+}
+
+impl Request {
+    /// The caller's token from `extensions["org.pycom.auth"]`, if sent.
+    pub fn token(&self) -> Option<&str> {
+        self.extensions.get("org.pycom.auth")?.get("token")?.as_str()
+    }
+
+    /// All args decoded as `T`; a mismatch is code 4 naming the problem.
+    pub fn args_as<T: DeserializeOwned>(&self) -> Result<T, Fault> {
+        T::deserialize(&self.args)
+            .map_err(|e| Fault::bad_request(format!("{}: args do not fit: {e}", self.method)))
+    }
+
+    /// A required field of the args object.
+    pub fn arg<T: DeserializeOwned>(&self, name: &str) -> Result<T, Fault> {
+        self.opt_arg(name)?
+            .ok_or_else(|| Fault::bad_request(format!("{}: field '{name}' is required", self.method)))
+    }
+
+    /// An optional field of the args object (null counts as absent).
+    pub fn opt_arg<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Fault> {
+        let field = match &self.args {
+            Value::Object(map) => map.get(name),
+            Value::Null => None,
+            other => {
+                return Err(Fault::bad_request(format!(
+                    "{}: args must be an object, not {}",
+                    self.method,
+                    type_name(other)
+                )))
+            }
+        };
+        match field {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => T::deserialize(v)
+                .map(Some)
+                .map_err(|e| Fault::bad_request(format!("{}: field '{name}': {e}", self.method))),
+        }
+    }
+}
+
+/// A handler's result: a JSON value and any attachments.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub value: Value,
+    pub attachments: Vec<Binary>,
+}
+
+impl Reply {
+    pub fn new(value: Value) -> Reply {
+        Reply {
+            value,
+            attachments: Vec::new(),
+        }
+    }
+
+    /// Any serializable value as the result.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Reply, Fault> {
+        serde_json::to_value(value)
+            .map(Reply::new)
+            .map_err(|e| Fault::new(Code::Unknown, format!("the result could not be encoded: {e}")))
+    }
+
+    pub fn attach(mut self, binary: Binary) -> Reply {
+        self.attachments.push(binary);
+        self
+    }
+}
+
+impl From<Value> for Reply {
+    fn from(value: Value) -> Reply {
+        Reply::new(value)
+    }
+}
+
+/// One method: its handler and what `introspect` says about it.
+#[derive(Clone)]
+pub struct Method {
+    pub(crate) name: String,
+    pub(crate) handler: Handler,
+    doc: String,
+    required: Vec<String>,
+    optional: Vec<String>,
+    results: Vec<String>,
+}
+
+impl Method {
+    pub fn new(
+        name: &str,
+        handler: impl Fn(&mut Request) -> Result<Reply, Fault> + Send + Sync + 'static,
+    ) -> Method {
+        Method {
+            name: name.to_string(),
+            handler: Arc::new(handler),
+            doc: String::new(),
+            required: Vec::new(),
+            optional: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
+    pub fn doc(mut self, doc: &str) -> Method {
+        self.doc = doc.to_string();
+        self
+    }
+
+    /// Names of required arguments (for introspection).
+    pub fn required(mut self, names: &[&str]) -> Method {
+        self.required = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn optional(mut self, names: &[&str]) -> Method {
+        self.optional = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Keys of an object result that PyCOM's proxy turns into a tuple.
+    pub fn results(mut self, names: &[&str]) -> Method {
+        self.results = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    fn describe(&self) -> Value {
+        json!({
+            "required_arguments": self.required,
+            "optional_arguments": self.optional,
+            "results": self.results,
+            "docstring": self.doc,
+        })
+    }
+}
+
+/// A named interface: a set of methods.
+#[derive(Clone)]
+pub struct Interface {
+    name: String,
+    doc: String,
+    pub(crate) methods: BTreeMap<String, Method>,
+}
+
+impl Interface {
+    pub fn new(name: &str) -> Interface {
+        Interface {
+            name: name.to_string(),
+            doc: String::new(),
+            methods: BTreeMap::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn doc(mut self, doc: &str) -> Interface {
+        self.doc = doc.to_string();
+        self
+    }
+
+    /// Add a method (replacing one of the same name).
+    pub fn method(mut self, method: Method) -> Interface {
+        self.methods.insert(method.name.clone(), method);
+        self
+    }
+
+    /// Shorthand: a method with a handler and no documentation.
+    pub fn handle(
+        self,
+        name: &str,
+        handler: impl Fn(&mut Request) -> Result<Reply, Fault> + Send + Sync + 'static,
+    ) -> Interface {
+        self.method(Method::new(name, handler))
+    }
+
+    /// PyCOM 0.4's `introspect` result for this interface.
+    pub fn introspect(&self) -> Value {
+        let mut methods: Map<String, Value> = self
+            .methods
+            .iter()
+            .map(|(n, m)| (n.clone(), m.describe()))
+            .collect();
+        methods.entry("introspect").or_insert_with(|| {
+            json!({"required_arguments": [], "optional_arguments": [], "results": [],
+                   "docstring": "Describe this interface."})
+        });
+        json!({"name": self.name, "docstring": self.doc, "methods": methods})
+    }
+}
