@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(version, about = "Query and change a pycomd registry, call pycom services")]
 pub struct Cli {
-    /// Nameserver endpoint
+    /// Nameserver endpoint(s), comma-separated: tried in order when one does not answer
     #[arg(long, global = true, env = "PYCOM_NAMESERVER", default_value = pycom_client::nameserver::DEFAULT_ENDPOINT)]
     pub nameserver: String,
     /// How long to wait for each reply, in milliseconds
@@ -58,6 +58,12 @@ pub enum Command {
         /// Call this service rather than any provider
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
+        /// Send a file as an attachment (repeatable, in order)
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<std::path::PathBuf>,
+        /// Write the reply's attachments into DIR as attachment-0, attachment-1, ...
+        #[arg(long, value_name = "DIR")]
+        save_attachments: Option<std::path::PathBuf>,
     },
     /// Register a service (leased with --ttl, else probed by pycomd)
     Register {

@@ -4,7 +4,7 @@ mod call;
 mod registry;
 
 use crate::{Cli, Command};
-use pycom_client::{Connection, NameserverClient};
+use pycom_client::{Context, NameserverClient, NameserverHandle};
 use std::time::Duration;
 
 /// Why a command failed; decides the exit code.
@@ -41,9 +41,9 @@ impl From<pycom_client::Error> for Failure {
 }
 
 pub fn run(cli: &Cli) -> Result<(), Failure> {
-    let ctx = zmq::Context::new();
-    let ns = connect(&ctx, &cli.nameserver, cli.timeout)?;
-    let mut ns = NameserverClient::new(ns);
+    let ctx = Context::new(&cli.nameserver)?;
+    ctx.set_default_timeout(Duration::from_millis(cli.timeout));
+    let mut ns = ctx.nameserver();
     match &cli.command {
         Command::Stat => registry::stat(cli, &mut ns),
         Command::ListServices { interface, service } => {
@@ -66,20 +66,22 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             method,
             args,
             service,
+            attach,
+            save_attachments,
         } => call::call(
             cli,
             &ctx,
-            &mut ns,
-            interface,
-            method,
-            args.as_deref(),
-            service.as_deref(),
+            call::Target {
+                interface,
+                method,
+                args: args.as_deref(),
+                service: service.as_deref(),
+                attach,
+                save_attachments: save_attachments.as_deref(),
+            },
         ),
     }
 }
 
-pub fn connect(ctx: &zmq::Context, endpoint: &str, timeout_ms: u64) -> Result<Connection, Failure> {
-    let mut conn = Connection::open(ctx, endpoint)?;
-    conn.set_timeout(Duration::from_millis(timeout_ms));
-    Ok(conn)
-}
+/// The nameserver client every command uses: failover over `--nameserver`.
+pub type Nameserver = NameserverClient<NameserverHandle>;

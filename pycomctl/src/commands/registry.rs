@@ -1,12 +1,13 @@
 //! stat, list-services, locate, register, unregister.
 
 use super::Failure;
+use super::Nameserver;
 use crate::output;
 use crate::Cli;
-use pycom_client::{NameserverClient, Registration, ServiceInfo};
+use pycom_client::{Registration, ServiceInfo};
 use serde_json::{json, Value};
 
-pub fn stat(cli: &Cli, ns: &mut NameserverClient) -> Result<(), Failure> {
+pub fn stat(cli: &Cli, ns: &mut Nameserver) -> Result<(), Failure> {
     let stat = ns.stat()?;
     if cli.json {
         output::json(&stat);
@@ -22,7 +23,7 @@ pub fn stat(cli: &Cli, ns: &mut NameserverClient) -> Result<(), Failure> {
 
 pub fn list_services(
     cli: &Cli,
-    ns: &mut NameserverClient,
+    ns: &mut Nameserver,
     interface: Option<&str>,
     service: Option<&str>,
 ) -> Result<(), Failure> {
@@ -33,7 +34,7 @@ pub fn list_services(
 
 pub fn locate(
     cli: &Cli,
-    ns: &mut NameserverClient,
+    ns: &mut Nameserver,
     interface: &str,
     service: Option<&str>,
     all: bool,
@@ -53,7 +54,7 @@ pub fn locate(
 
 pub fn register(
     cli: &Cli,
-    ns: &mut NameserverClient,
+    ns: &mut Nameserver,
     service: &str,
     address: &str,
     interfaces: &[String],
@@ -77,7 +78,7 @@ pub fn register(
     Ok(())
 }
 
-pub fn unregister(cli: &Cli, ns: &mut NameserverClient, service: &str, address: &str) -> Result<(), Failure> {
+pub fn unregister(cli: &Cli, ns: &mut Nameserver, service: &str, address: &str) -> Result<(), Failure> {
     ns.unregister(service, address)?;
     if cli.json {
         output::json(&json!({"service": service, "unregistered": true}));
