@@ -39,8 +39,16 @@ pycom_client::interface! {
 struct Calc;
 
 impl calc::Handler for Calc {
-    fn add(&self, _r: &mut pycom_client::service::Request, a: i64, b: i64, c: Option<i64>) -> Result<Total, Fault> {
-        Ok(Total { total: a + b + c.unwrap_or(0) })
+    fn add(
+        &self,
+        _r: &mut pycom_client::service::Request,
+        a: i64,
+        b: i64,
+        c: Option<i64>,
+    ) -> Result<Total, Fault> {
+        Ok(Total {
+            total: a + b + c.unwrap_or(0),
+        })
     }
     fn divide(&self, _r: &mut pycom_client::service::Request, a: i64, b: i64) -> Result<i64, Fault> {
         if b == 0 {
@@ -74,15 +82,24 @@ fn typed_proxy_calls_and_errors_map_to_codes() {
     let err = dynamic.invoke("add", json!({"a": "one", "b": 1})).unwrap_err();
     assert_eq!(err.code(), Some(Code::BadRequest));
     assert!(err.to_string().contains("field 'a'"), "{err}");
-    assert_eq!(dynamic.invoke("add", json!({"a": 1})).unwrap_err().code(), Some(Code::BadRequest));
-    assert_eq!(dynamic.invoke("nope", json!(null)).unwrap_err().code(), Some(Code::MethodNotFound));
+    assert_eq!(
+        dynamic.invoke("add", json!({"a": 1})).unwrap_err().code(),
+        Some(Code::BadRequest)
+    );
+    assert_eq!(
+        dynamic.invoke("nope", json!(null)).unwrap_err().code(),
+        Some(Code::MethodNotFound)
+    );
     let err = ctx.locate("test.missing").err().expect("no such interface");
     assert_eq!(err.code(), Some(Code::ServiceNotFound));
 
     // introspect in PyCOM 0.4's format, generated from the declaration.
     let intro = dynamic.invoke("introspect", json!(null)).unwrap();
     assert_eq!(intro["name"], "test.calc");
-    assert_eq!(intro["docstring"], "Arithmetic, declared once for client and server.");
+    assert_eq!(
+        intro["docstring"],
+        "Arithmetic, declared once for client and server."
+    );
     let add = &intro["methods"]["add"];
     assert_eq!(add["required_arguments"], json!(["a", "b"]));
     assert_eq!(add["optional_arguments"], json!(["c"]));
@@ -119,7 +136,10 @@ fn a_component_survives_its_service_restarting_at_the_same_address() {
     let restarted = Instant::now();
     let _svc = host();
     assert_eq!(echo.invoke("echo", json!(2)).unwrap(), json!(2));
-    eprintln!("same address: call succeeded {:?} after the restart", restarted.elapsed());
+    eprintln!(
+        "same address: call succeeded {:?} after the restart",
+        restarted.elapsed()
+    );
 }
 
 #[test]
@@ -143,7 +163,10 @@ fn a_component_follows_its_service_to_a_new_address() {
     let second = host();
     assert_ne!(second.endpoint(), old, "the new instance has a new port");
     assert_eq!(echo.invoke("echo", json!("b")).unwrap(), json!("b"));
-    eprintln!("new address: call succeeded {:?} after the restart", restarted.elapsed());
+    eprintln!(
+        "new address: call succeeded {:?} after the restart",
+        restarted.elapsed()
+    );
     assert_eq!(echo.address(), second.endpoint());
 }
 
@@ -151,14 +174,25 @@ fn a_component_follows_its_service_to_a_new_address() {
 fn no_retry_for_methods_marked_unsafe() {
     let d = Daemon::start();
     let ctx = ctx(&d);
-    let svc = Service::builder("/test/unsafe").context(ctx.clone()).interface(echo_interface()).start().unwrap();
+    let svc = Service::builder("/test/unsafe")
+        .context(ctx.clone())
+        .interface(echo_interface())
+        .start()
+        .unwrap();
     let mut echo = ctx.locate("test.echo").unwrap();
     echo.set_timeout(Duration::from_millis(300));
     echo.set_retry(RetryPolicy::default().except(["echo"]));
     svc.stop();
-    let _second = Service::builder("/test/unsafe").context(ctx.clone()).interface(echo_interface()).start().unwrap();
+    let _second = Service::builder("/test/unsafe")
+        .context(ctx.clone())
+        .interface(echo_interface())
+        .start()
+        .unwrap();
     // echo may have run before the failure was seen: it is not retried.
-    assert!(matches!(echo.invoke("echo", json!(1)), Err(Error::Timeout { .. })));
+    assert!(matches!(
+        echo.invoke("echo", json!(1)),
+        Err(Error::Timeout { .. })
+    ));
     // whoami is safe: retried on the new instance.
     assert!(echo.invoke("whoami", json!(null)).is_ok());
 }
@@ -195,7 +229,11 @@ fn a_service_registers_again_when_pycomd_forgets_it() {
     d.kill9();
     std::fs::remove_dir_all(&d.data_dir).unwrap();
     d.spawn();
-    assert_eq!(d.log().matches("records=0").count(), 2, "both starts had an empty registry");
+    assert_eq!(
+        d.log().matches("records=0").count(),
+        2,
+        "both starts had an empty registry"
+    );
     let mut ns = d.ns();
     assert!(
         wait_until(Duration::from_secs(10), || ns.locate("test.echo", None).is_ok()),
@@ -207,17 +245,28 @@ fn a_service_registers_again_when_pycomd_forgets_it() {
 fn a_graceful_stop_unregisters() {
     let d = Daemon::start();
     let ctx = ctx(&d);
-    let svc = Service::builder("/test/stop").context(ctx.clone()).interface(echo_interface()).start().unwrap();
+    let svc = Service::builder("/test/stop")
+        .context(ctx.clone())
+        .interface(echo_interface())
+        .start()
+        .unwrap();
     assert!(d.ns().locate("test.echo", None).is_ok());
     svc.stop();
-    assert_eq!(d.ns().locate("test.echo", None).unwrap_err().code(), Some(Code::ServiceNotFound));
+    assert_eq!(
+        d.ns().locate("test.echo", None).unwrap_err().code(),
+        Some(Code::ServiceNotFound)
+    );
 }
 
 #[test]
 fn many_threads_share_one_context() {
     let d = Daemon::start();
     let ctx = ctx(&d);
-    let _svc = Service::builder("/test/threads").context(ctx.clone()).interface(echo_interface()).start().unwrap();
+    let _svc = Service::builder("/test/threads")
+        .context(ctx.clone())
+        .interface(echo_interface())
+        .start()
+        .unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let ctx = ctx.clone();
@@ -246,7 +295,12 @@ fn a_slow_handler_does_not_block_the_others() {
         let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(10));
         Ok(json!("slow done").into())
     });
-    let _svc = Service::builder("/test/slow").context(ctx.clone()).workers(2).interface(iface).start().unwrap();
+    let _svc = Service::builder("/test/slow")
+        .context(ctx.clone())
+        .workers(2)
+        .interface(iface)
+        .start()
+        .unwrap();
     let slow_ctx = ctx.clone();
     let slow = std::thread::spawn(move || {
         let mut c = slow_ctx.locate("test.echo").unwrap();
@@ -257,7 +311,10 @@ fn a_slow_handler_does_not_block_the_others() {
     for i in 0..20 {
         assert_eq!(fast.invoke("echo", json!(i)).unwrap(), json!(i));
     }
-    assert!(!slow.is_finished(), "the slow call is still held while fast ones complete");
+    assert!(
+        !slow.is_finished(),
+        "the slow call is still held while fast ones complete"
+    );
     release.send(()).unwrap();
     assert_eq!(slow.join().unwrap(), json!("slow done"));
 }
@@ -267,14 +324,22 @@ fn a_panicking_handler_is_code_1_and_the_service_keeps_running() {
     let d = Daemon::start();
     let ctx = ctx(&d);
     let iface = echo_interface().handle("boom", |_req| panic!("kaboom"));
-    let _svc = Service::builder("/test/panic").context(ctx.clone()).workers(1).interface(iface).start().unwrap();
+    let _svc = Service::builder("/test/panic")
+        .context(ctx.clone())
+        .workers(1)
+        .interface(iface)
+        .start()
+        .unwrap();
     let mut c = ctx.locate("test.echo").unwrap();
     for _ in 0..3 {
         let err = c.invoke("boom", json!(null)).unwrap_err();
         assert_eq!(err.code(), Some(Code::Unknown));
         assert!(err.to_string().contains("panicked"), "{err}");
     }
-    assert_eq!(c.invoke("echo", json!("still here")).unwrap(), json!("still here"));
+    assert_eq!(
+        c.invoke("echo", json!("still here")).unwrap(),
+        json!("still here")
+    );
 }
 
 fn counter_interface() -> Interface {
@@ -336,14 +401,21 @@ fn attachments_of_every_size_travel_both_ways() {
         reply.value = json!(seen);
         Ok(reply)
     }));
-    let _svc = Service::builder("/test/files").context(ctx.clone()).limits(limits).interface(iface).start().unwrap();
+    let _svc = Service::builder("/test/files")
+        .context(ctx.clone())
+        .limits(limits)
+        .interface(iface)
+        .start()
+        .unwrap();
     let mut c = ctx.locate("test.files").unwrap();
     c.set_limits(limits);
     let large: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let cases: Vec<Vec<Binary>> = vec![
         vec![],
         vec![Binary::from_bytes(b"one".to_vec())],
-        (0..10).map(|i| Binary::from_bytes(vec![i as u8; i * 100])).collect(),
+        (0..10)
+            .map(|i| Binary::from_bytes(vec![i as u8; i * 100]))
+            .collect(),
         vec![Binary::from_bytes(large.clone()), Binary::from_bytes(Vec::new())],
     ];
     for sent in cases {
@@ -352,7 +424,11 @@ fn attachments_of_every_size_travel_both_ways() {
         for (i, (a, b)) in sent.iter().zip(&out.attachments).enumerate() {
             assert_eq!(a.as_bytes(), &b.bytes().unwrap()[..], "attachment {i} changed");
             let spilled = a.len() > limits.spill_threshold;
-            assert_eq!(out.result[i]["spilled"], json!(spilled), "service side, attachment {i}");
+            assert_eq!(
+                out.result[i]["spilled"],
+                json!(spilled),
+                "service side, attachment {i}"
+            );
             assert_eq!(b.path().is_some(), spilled, "client side, attachment {i}");
         }
     }
@@ -378,7 +454,11 @@ fn nameserver_failover_uses_the_next_endpoint() {
     ctx.set_default_timeout(Duration::from_millis(300));
     let stat = ctx.nameserver().stat().unwrap();
     assert!(stat["version"].is_string());
-    let _svc = Service::builder("/test/failover").context(ctx.clone()).interface(echo_interface()).start().unwrap();
+    let _svc = Service::builder("/test/failover")
+        .context(ctx.clone())
+        .interface(echo_interface())
+        .start()
+        .unwrap();
     assert!(ctx.locate("test.echo").is_ok());
     let none = Context::new(&dead).unwrap();
     none.set_default_timeout(Duration::from_millis(200));
@@ -389,7 +469,11 @@ fn nameserver_failover_uses_the_next_endpoint() {
 fn hosting_answers_unknown_interfaces_methods_and_bad_bodies() {
     let d = Daemon::start();
     let ctx = ctx(&d);
-    let svc = Service::builder("/test/bad").context(ctx.clone()).interface(echo_interface()).start().unwrap();
+    let svc = Service::builder("/test/bad")
+        .context(ctx.clone())
+        .interface(echo_interface())
+        .start()
+        .unwrap();
     let mut conn = d.connection(2000);
     let mut direct = pycom_client::Connection::open(ctx.zmq(), svc.endpoint()).unwrap();
     let err = direct.invoke("test.other", "echo", json!(null)).unwrap_err();
@@ -398,6 +482,9 @@ fn hosting_answers_unknown_interfaces_methods_and_bad_bodies() {
     assert_eq!(err.code(), Some(Code::MethodNotFound));
     let reply = direct.call_frames(&[b"", b"CALL", b"{not json"]).unwrap();
     assert_eq!(reply.response.result.unwrap_err().code, Code::BadRequest);
-    assert!(matches!(direct.call_frames(&[b"", b"HELLO"]), Err(Error::Failed { .. })));
+    assert!(matches!(
+        direct.call_frames(&[b"", b"HELLO"]),
+        Err(Error::Failed { .. })
+    ));
     conn.invoke("org.pycom.nameserver", "stat", json!(null)).unwrap();
 }

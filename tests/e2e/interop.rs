@@ -5,8 +5,8 @@
 //! installed. `tests/run.sh` makes that venv; without it these tests fail
 //! (set `PYCOM_SKIP_INTEROP=1` to skip them knowingly).
 
-use pycom_client::proto::Request;
-use pycom_client::Code;
+use pycom_client::service::{Interface, Service};
+use pycom_client::{Code, Context, Fault};
 use pycom_e2e::{free_port, wait_until, Daemon};
 use serde_json::json;
 use std::path::PathBuf;
@@ -99,18 +99,18 @@ fn pycom_0_3_2_service_and_client_work_with_pycomd() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The Rust client calls the Python service directly too.
-    let ctx = zmq::Context::new();
-    let mut conn = pycom_client::Connection::open(&ctx, &address).unwrap();
+    // The Rust client locates and calls the Python service too.
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let mut calc = ctx.locate_service("com.example.calc", service).unwrap();
+    assert_eq!(calc.address(), address);
+    assert_eq!(calc.invoke_as::<i64>("add", json!({"a": 1, "b": 2})).unwrap(), 3);
     assert_eq!(
-        conn.invoke("com.example.calc", "add", json!({"a": 1, "b": 2}))
-            .unwrap(),
-        json!(3)
+        calc.invoke("nope", json!(null)).unwrap_err().code(),
+        Some(Code::MethodNotFound)
     );
-    let reply = conn
-        .call(&Request::new("com.example.calc", "nope", json!(null)), &[])
-        .unwrap();
-    assert_eq!(reply.response.result.unwrap_err().code, Code::MethodNotFound);
+    let err = calc.invoke("fail", json!(null)).unwrap_err();
+    assert_eq!(err.code(), Some(Code::BadRequest));
+    assert!(err.to_string().contains("fail was asked to fail"), "{err}");
 
     // Killed, it is dropped by the probes.
     let _ = py_service.0.kill();
@@ -119,4 +119,40 @@ fn pycom_0_3_2_service_and_client_work_with_pycomd() {
         ns.locate("com.example.calc", None).is_err()
     });
     assert!(dropped, "a dead PyCOM service must be dropped; log:\n{}", d.log());
+}
+
+/// The same interfaces as tests/interop/pycom_service.py, hosted in Rust.
+fn rust_twin_of_the_python_service() -> Vec<Interface> {
+    let calc = Interface::new("com.example.calc")
+        .handle("add", |req| {
+            let (a, b): (i64, i64) = (req.arg("a")?, req.arg("b")?);
+            Ok(json!(a + b).into())
+        })
+        .handle("fail", |_req| Err(Fault::bad_request("fail was asked to fail")));
+    let echo = Interface::new("com.example.echo").handle("echo", |req| Ok(req.args.clone().into()));
+    vec![calc, echo]
+}
+
+#[test]
+fn pycom_0_3_2_client_calls_a_rust_hosted_service() {
+    let Some(python) = python() else { return };
+    let d = Daemon::start();
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let service = "/com/example/rustservice";
+    let mut builder = Service::builder(service).context(ctx);
+    for iface in rust_twin_of_the_python_service() {
+        builder = builder.interface(iface);
+    }
+    let _running = builder.start().unwrap();
+    let out = Command::new(&python)
+        .arg(script("pycom_client.py"))
+        .args([&d.endpoint, service])
+        .output()
+        .expect("run the PyCOM client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "PyCOM client against the Rust service failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
