@@ -71,6 +71,7 @@ pub struct Binary {
 }
 
 impl Binary {
+    /// Bytes already in memory.
     pub fn from_bytes(data: impl Into<Vec<u8>>) -> Binary {
         Binary { data: data.into() }
     }
@@ -90,14 +91,17 @@ impl Binary {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))
     }
 
+    /// Size in bytes.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// True for an empty attachment.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
 
+    /// The bytes to send.
     pub fn as_bytes(&self) -> &[u8] {
         &self.data
     }
@@ -106,10 +110,13 @@ impl Binary {
 /// A received attachment.
 #[derive(Debug)]
 pub enum Attachment {
+    /// Kept in memory (at most the spill threshold).
     Memory(Vec<u8>),
     /// Spilled to a temporary file, deleted on drop.
     File {
+        /// The temporary file.
         file: tempfile::NamedTempFile,
+        /// Its size in bytes.
         len: u64,
     },
 }
@@ -125,6 +132,7 @@ impl Attachment {
         })
     }
 
+    /// Size in bytes.
     pub fn len(&self) -> u64 {
         match self {
             Attachment::Memory(b) => b.len() as u64,
@@ -132,6 +140,7 @@ impl Attachment {
         }
     }
 
+    /// True for an empty attachment.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -61,6 +61,7 @@ impl RetryPolicy {
         self
     }
 
+    /// Tries in all, at least 1.
     pub fn attempts(mut self, attempts: u32) -> RetryPolicy {
         self.attempts = attempts.max(1);
         self
@@ -80,7 +81,9 @@ impl RetryPolicy {
 /// What a call returned: its result and any attachments.
 #[derive(Debug)]
 pub struct Output {
+    /// The method's result.
     pub result: Value,
+    /// The reply's attachments.
     pub attachments: Vec<Attachment>,
 }
 
@@ -119,6 +122,7 @@ impl Component {
         })
     }
 
+    /// The interface this component calls.
     pub fn interface(&self) -> &str {
         &self.interface
     }
@@ -133,14 +137,17 @@ impl Component {
         self.session_id.as_deref()
     }
 
+    /// Timeout of each try of each call.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.conn.set_timeout(timeout);
     }
 
+    /// Which methods are retried, how often.
     pub fn set_retry(&mut self, retry: RetryPolicy) {
         self.retry = retry;
     }
 
+    /// Attachment limits for calls and replies.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
     }

@@ -16,7 +16,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 /// A reply: the decoded body and any attachment frames after it.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The decoded reply body.
     pub response: Response,
+    /// Frames after the body.
     pub attachments: Vec<Vec<u8>>,
 }
 
@@ -41,10 +43,12 @@ impl Connection {
         })
     }
 
+    /// The endpoint this connection calls.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
+    /// How long a call waits for its reply.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

@@ -46,6 +46,7 @@ impl Context {
         }
     }
 
+    /// A context for these nameserver endpoints, in order of preference.
     pub fn with_nameservers<S: Into<String>>(nameservers: impl IntoIterator<Item = S>) -> Result<Context> {
         let nameservers: Vec<String> = nameservers.into_iter().map(Into::into).collect();
         if nameservers.is_empty() {
@@ -68,10 +69,12 @@ impl Context {
         })
     }
 
+    /// The ZeroMQ context every socket made from this context shares.
     pub fn zmq(&self) -> &zmq::Context {
         &self.inner.zmq
     }
 
+    /// The nameserver endpoints, in the order they are tried.
     pub fn nameservers(&self) -> &[String] {
         &self.inner.nameservers
     }
@@ -83,6 +86,7 @@ impl Context {
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// The timeout given to new components and nameserver calls.
     pub fn default_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.timeout_ms.load(Ordering::Relaxed))
     }
@@ -162,3 +166,11 @@ impl Invoker for NameserverHandle {
         Err(last_error.unwrap_or_else(|| Error::Data("no nameserver endpoint given".into())))
     }
 }
+
+// A Context is shared across threads; a Component moves between them.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn movable<T: Send>() {}
+    shared::<Context>();
+    movable::<Component>();
+};

@@ -10,16 +10,36 @@ pub enum Error {
     Remote(Fault),
     /// The peer answered `FAIL`: it could not understand the request at all.
     #[error("{endpoint} could not understand the request{}", fail_detail(.message))]
-    Failed { endpoint: String, message: String },
+    Failed {
+        /// Who answered.
+        endpoint: String,
+        /// What it said (may be empty).
+        message: String,
+    },
     /// The reply was not valid ZeroJSON.
     #[error("{endpoint} sent a malformed reply: {message}")]
-    Malformed { endpoint: String, message: String },
+    Malformed {
+        /// Who answered.
+        endpoint: String,
+        /// What is wrong with the reply.
+        message: String,
+    },
     /// No reply within the timeout.
     #[error("no reply from {endpoint} within {timeout_ms} ms")]
-    Timeout { endpoint: String, timeout_ms: u64 },
+    Timeout {
+        /// Who did not answer.
+        endpoint: String,
+        /// How long the call waited.
+        timeout_ms: u64,
+    },
     /// The endpoint string is not one ZeroMQ can connect to.
     #[error("invalid endpoint '{endpoint}': {source}")]
-    Endpoint { endpoint: String, source: zmq::Error },
+    Endpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What ZeroMQ said about it.
+        source: zmq::Error,
+    },
     /// Arguments could not be encoded, or a result did not have the expected shape.
     #[error("{0}")]
     Data(String),
@@ -28,7 +48,12 @@ pub enum Error {
     Attachment(String),
     /// ZeroMQ itself failed.
     #[error("ZeroMQ error talking to {endpoint}: {source}")]
-    Transport { endpoint: String, source: zmq::Error },
+    Transport {
+        /// The peer of the failing socket.
+        endpoint: String,
+        /// What ZeroMQ said.
+        source: zmq::Error,
+    },
 }
 
 fn fail_detail(message: &str) -> String {
@@ -67,4 +92,5 @@ impl Error {
     }
 }
 
+/// A result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -30,6 +30,8 @@
 //! # Ok::<(), pycom_client::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod binary;
 pub mod component;
 pub mod connection;

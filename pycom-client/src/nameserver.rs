@@ -19,11 +19,15 @@ pub const DEFAULT_ENDPOINT: &str = "tcp://127.0.0.1:2012";
 /// One registry record, as `locate` and `list_services` return it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInfo {
+    /// Service path, e.g. `/com/foo/example`.
     pub service: String,
+    /// ZeroMQ endpoint of the service.
     pub address: String,
     #[serde(default)]
+    /// Interfaces the service provides, sorted.
     pub interfaces: Vec<String>,
     #[serde(default)]
+    /// Tags given at registration (version, zone...).
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -50,12 +54,15 @@ crate::interface! {
 /// What `register` asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registration {
+    /// Service path, e.g. `/com/foo/example`.
     pub service: String,
+    /// ZeroMQ endpoint clients should call.
     pub address: String,
     /// The whole set of interfaces (replaces what was registered).
     pub interfaces: Vec<String>,
     /// Lease length; `None` asks pycomd to probe the address instead.
     pub ttl_ms: Option<u64>,
+    /// String tags returned by locate and list_services.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -67,6 +74,7 @@ pub struct NameserverClient<I: Invoker = Connection> {
 }
 
 impl<I: Invoker> NameserverClient<I> {
+    /// A client calling through `invoker`.
     pub fn new(invoker: I) -> NameserverClient<I> {
         NameserverClient {
             api: api::Client(invoker),
@@ -78,6 +86,7 @@ impl<I: Invoker> NameserverClient<I> {
         &mut self.api.0
     }
 
+    /// Ping; pycomd's version, uptime and counters.
     pub fn stat(&mut self) -> Result<Value> {
         self.api.stat()
     }
@@ -96,10 +105,12 @@ impl<I: Invoker> NameserverClient<I> {
         Ok(result.get("lease_ms").and_then(Value::as_u64))
     }
 
+    /// Extend the lease of `service` (owned by `address`).
     pub fn renew(&mut self, service: &str, address: &str) -> Result<Value> {
         self.api.renew(service.into(), address.into())
     }
 
+    /// Remove `service`'s record (owned by `address`).
     pub fn unregister(&mut self, service: &str, address: &str) -> Result<Value> {
         self.api.unregister(service.into(), address.into())
     }

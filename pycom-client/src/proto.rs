@@ -23,13 +23,21 @@ pub const PROTO_VERSION: &str = "1.0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Code {
+    /// Success.
     Ok = 0,
+    /// The handler failed in a way it did not classify.
     Unknown = 1,
+    /// The interface is known, the method is not.
     MethodNotFound = 2,
+    /// Nothing live provides what was asked.
     ServiceNotFound = 3,
+    /// Malformed body, missing or mistyped field, too large.
     BadRequest = 4,
+    /// Credentials missing or invalid, or not the owner.
     AccessDenied = 5,
+    /// The session id is unknown or expired.
     SessionExpired = 6,
+    /// Temporarily unable; a retry may succeed.
     Unavailable = 7,
 }
 
@@ -49,6 +57,7 @@ impl Code {
         })
     }
 
+    /// The number on the wire.
     pub fn as_number(self) -> i64 {
         self as i64
     }
@@ -73,26 +82,33 @@ impl Code {
 /// Handlers return it; [`encode_response`] puts it on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
+    /// The result code (never [`Code::Ok`]).
     pub code: Code,
+    /// What went wrong, as a sentence.
     pub message: String,
 }
 
 impl Fault {
+    /// A fault with any code.
     pub fn new(code: Code, message: impl Into<String>) -> Fault {
         Fault {
             code,
             message: message.into(),
         }
     }
+    /// Code 4: the request is wrong.
     pub fn bad_request(message: impl Into<String>) -> Fault {
         Fault::new(Code::BadRequest, message)
     }
+    /// Code 3: nothing live provides it.
     pub fn not_found(message: impl Into<String>) -> Fault {
         Fault::new(Code::ServiceNotFound, message)
     }
+    /// Code 5: not allowed.
     pub fn denied(message: impl Into<String>) -> Fault {
         Fault::new(Code::AccessDenied, message)
     }
+    /// Code 7: try again later.
     pub fn unavailable(message: impl Into<String>) -> Fault {
         Fault::new(Code::Unavailable, message)
     }
@@ -115,14 +131,20 @@ impl std::error::Error for Fault {}
 /// A decoded call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// Dotted interface name, e.g. `com.foo.example`.
     pub interface: String,
+    /// Method name.
     pub method: String,
+    /// The session the client was given, if any.
     pub session_id: Option<String>,
+    /// Arguments, any JSON (null when absent).
     pub args: Value,
+    /// Extensions by dotted name, e.g. `org.pycom.auth`.
     pub extensions: Map<String, Value>,
 }
 
 impl Request {
+    /// A call with no session and no extensions.
     pub fn new(interface: impl Into<String>, method: impl Into<String>, args: Value) -> Request {
         Request {
             interface: interface.into(),
@@ -261,8 +283,11 @@ pub fn encode_request_body(req: &Request) -> Vec<u8> {
 /// A decoded reply body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
+    /// The result, or the fault with its code.
     pub result: Result<Value, Fault>,
+    /// The session the service gave, if any.
     pub session_id: Option<String>,
+    /// Extensions the service returned.
     pub extensions: Map<String, Value>,
 }
 

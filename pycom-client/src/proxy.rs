@@ -58,6 +58,7 @@ use serde_json::Value;
 
 /// Something that can call `interface.method(args)` and return the result.
 pub trait Invoker {
+    /// Call `interface.method(args)` and return its result or error.
     fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value>;
 }
 

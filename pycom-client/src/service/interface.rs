@@ -15,10 +15,15 @@ pub type Handler = Arc<dyn Fn(&mut Request) -> Result<Reply, Fault> + Send + Syn
 /// A call as a handler sees it.
 #[derive(Debug)]
 pub struct Request {
+    /// The interface called.
     pub interface: String,
+    /// The method called.
     pub method: String,
+    /// Arguments, any JSON (null when absent).
     pub args: Value,
+    /// Binary attachments sent with the call.
     pub attachments: Vec<Attachment>,
+    /// Extensions by dotted name.
     pub extensions: Map<String, Value>,
     /// Per-client state. Starts empty; storing anything creates a session
     /// whose id goes back to the client.
@@ -68,11 +73,14 @@ impl Request {
 /// A handler's result: a JSON value and any attachments.
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
+    /// The result.
     pub value: Value,
+    /// Attachments sent back after the result.
     pub attachments: Vec<Binary>,
 }
 
 impl Reply {
+    /// A reply with no attachments.
     pub fn new(value: Value) -> Reply {
         Reply {
             value,
@@ -87,6 +95,7 @@ impl Reply {
             .map_err(|e| Fault::new(Code::Unknown, format!("the result could not be encoded: {e}")))
     }
 
+    /// Add an attachment.
     pub fn attach(mut self, binary: Binary) -> Reply {
         self.attachments.push(binary);
         self
@@ -111,6 +120,7 @@ pub struct Method {
 }
 
 impl Method {
+    /// A method named `name` run by `handler`.
     pub fn new(
         name: &str,
         handler: impl Fn(&mut Request) -> Result<Reply, Fault> + Send + Sync + 'static,
@@ -125,6 +135,7 @@ impl Method {
         }
     }
 
+    /// The docstring `introspect` shows.
     pub fn doc(mut self, doc: &str) -> Method {
         self.doc = doc.to_string();
         self
@@ -136,6 +147,7 @@ impl Method {
         self
     }
 
+    /// Names of optional arguments (for introspection).
     pub fn optional(mut self, names: &[&str]) -> Method {
         self.optional = names.iter().map(|s| s.to_string()).collect();
         self
@@ -166,6 +178,7 @@ pub struct Interface {
 }
 
 impl Interface {
+    /// An interface with no methods yet.
     pub fn new(name: &str) -> Interface {
         Interface {
             name: name.to_string(),
@@ -174,10 +187,12 @@ impl Interface {
         }
     }
 
+    /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The docstring `introspect` shows.
     pub fn doc(mut self, doc: &str) -> Interface {
         self.doc = doc.to_string();
         self

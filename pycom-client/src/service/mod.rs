@@ -42,6 +42,7 @@ const WORKER_DONE: &[u8] = b"DONE";
 pub struct Service;
 
 impl Service {
+    /// Start describing the service registered as `service` (a path like `/com/foo/example`).
     pub fn builder(service: &str) -> ServiceBuilder {
         ServiceBuilder {
             service: service.to_string(),
@@ -123,6 +124,7 @@ impl ServiceBuilder {
         self
     }
 
+    /// Serve this interface (one or more per service).
     pub fn interface(mut self, interface: Interface) -> Self {
         self.interfaces.push(interface);
         self
@@ -141,6 +143,7 @@ impl ServiceBuilder {
         self
     }
 
+    /// A tag registered with the service.
     pub fn metadata(mut self, key: &str, value: &str) -> Self {
         self.metadata.insert(key.to_string(), value.to_string());
         self
@@ -260,6 +263,7 @@ impl RunningService {
         &self.endpoint
     }
 
+    /// The service path it is registered under.
     pub fn service(&self) -> &str {
         &self.service
     }
