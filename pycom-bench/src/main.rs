@@ -1,0 +1,215 @@
+//! pycom-bench: how many requests per second, at what latency, against a
+//! raw ZeroMQ echo measured in the same run.
+//!
+//! ```text
+//! pycom-bench --op locate --preload 10000 --clients 4 --in-flight 64 --duration 5
+//! ```
+//!
+//! Every run of the operation is followed by the same load on a raw
+//! ZeroMQ echo (a ROUTER bouncing frames, started by the tool), and the
+//! ratio between the two is printed.
+
+mod load;
+mod ops;
+mod servers;
+
+use clap::{Parser, ValueEnum};
+use load::{Load, Summary};
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Op {
+    /// Nameserver ping.
+    Stat,
+    /// Nameserver look-up among --preload services.
+    Locate,
+    /// Durable register of a new service (flushed before the reply).
+    Register,
+    /// Lease renewal of --preload services.
+    Renew,
+    /// pycom-client Component calls to a pycom-client echo service (one in flight per client).
+    Invoke,
+    /// Pipelined raw DEALER calls to the pycom-client echo service.
+    InvokeRaw,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Load tool for pycomd and pycom services, with a raw ZeroMQ echo baseline"
+)]
+struct Cli {
+    /// What to measure
+    #[arg(long, value_enum, default_value = "stat")]
+    op: Op,
+    /// pycomd endpoint (for stat, locate, register, renew)
+    #[arg(long, env = "PYCOM_NAMESERVER", default_value = pycom_client::nameserver::DEFAULT_ENDPOINT)]
+    nameserver: String,
+    /// Client sockets (threads)
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Run once per client count, e.g. 1,4,16,64 (overrides --clients)
+    #[arg(long, value_delimiter = ',')]
+    scaling: Vec<usize>,
+    /// Requests each client keeps in flight
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
+    /// Seconds each measurement runs
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Services registered before locate/renew runs
+    #[arg(long, default_value_t = 10_000)]
+    preload: usize,
+    /// Worker threads of the echo service (invoke)
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Skip the raw ZeroMQ echo baseline
+    #[arg(long)]
+    no_baseline: bool,
+    /// One JSON object per measurement on stdout
+    #[arg(long)]
+    json: bool,
+    /// No progress line
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pycom-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    if cli.duration <= 0.0 || cli.in_flight == 0 {
+        return Err("--duration and --in-flight must be positive".into());
+    }
+    let ctx = zmq::Context::new();
+    let duration = Duration::from_secs_f64(cli.duration);
+    let echo = if cli.no_baseline {
+        None
+    } else {
+        Some(servers::RawEcho::start(&ctx)?)
+    };
+    let service = match cli.op {
+        Op::Invoke | Op::InvokeRaw => Some(servers::echo_service(cli.workers)?),
+        _ => None,
+    };
+    let target = service
+        .as_ref()
+        .map_or(cli.nameserver.clone(), |s| s.endpoint().to_string());
+    let bodies = ops::Bodies::prepare(cli.op, cli.preload);
+    if bodies.needs_preload() {
+        let started = Instant::now();
+        ops::preload(&ctx, &target, cli.preload)?;
+        if !cli.quiet {
+            eprintln!(
+                "preloaded {} services in {:.2} s",
+                cli.preload,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let counts = if cli.scaling.is_empty() {
+        vec![cli.clients]
+    } else {
+        cli.scaling.clone()
+    };
+    if !cli.json {
+        println!(
+            "{:<10} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>8} | {:>7} {:>7}",
+            "op",
+            "clients",
+            "in-flight",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "errors",
+            "echo req/s",
+            "echo p50",
+            "x req/s",
+            "x p50"
+        );
+    }
+    for clients in counts {
+        let in_flight = if cli.op == Op::Invoke { 1 } else { cli.in_flight };
+        let label = format!("{:?}", cli.op).to_lowercase();
+        let measured = if cli.op == Op::Invoke {
+            ops::invoke_with_components(&target, clients, duration)?
+        } else {
+            let body = |c: usize, s: u64| bodies.body(c, s);
+            Load {
+                endpoint: &target,
+                clients,
+                in_flight,
+                duration,
+                body: &body,
+                progress: !cli.quiet,
+                label: &label,
+            }
+            .run(&ctx)?
+        }
+        .summary();
+        let baseline = match &echo {
+            Some(echo) => {
+                let body = |c: usize, s: u64| bodies.body(c, s);
+                let m = Load {
+                    endpoint: &echo.endpoint,
+                    clients,
+                    in_flight,
+                    duration,
+                    body: &body,
+                    progress: !cli.quiet,
+                    label: "raw echo",
+                }
+                .run(&ctx)?;
+                Some(m.summary())
+            }
+            None => None,
+        };
+        report(cli, &label, clients, in_flight, &measured, baseline.as_ref());
+    }
+    Ok(())
+}
+
+fn report(cli: &Cli, op: &str, clients: usize, in_flight: usize, m: &Summary, base: Option<&Summary>) {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let tput_ratio = base.map(|b| ratio(m.throughput, b.throughput));
+    let p50_ratio = base.map(|b| ratio(m.p50_us as f64, b.p50_us as f64));
+    if cli.json {
+        let line = json!({
+            "op": op, "clients": clients, "in_flight": in_flight, "duration_s": cli.duration,
+            "result": m, "raw_echo": base,
+            "throughput_ratio": tput_ratio, "p50_ratio": p50_ratio,
+        });
+        println!("{line}");
+        return;
+    }
+    let (bt, bp) = base.map_or((String::from("-"), String::from("-")), |b| {
+        (format!("{:.0}", b.throughput), b.p50_us.to_string())
+    });
+    let fmt_ratio = |r: Option<f64>| r.map_or(String::from("-"), |r| format!("{r:.2}"));
+    println!(
+        "{:<10} {:>7} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>8} | {:>7} {:>7}",
+        op,
+        clients,
+        in_flight,
+        m.throughput,
+        m.p50_us,
+        m.p99_us,
+        m.p999_us,
+        m.errors,
+        bt,
+        bp,
+        fmt_ratio(tput_ratio),
+        fmt_ratio(p50_ratio)
+    );
+}
