@@ -74,6 +74,9 @@ struct Cli {
     /// No progress line
     #[arg(long)]
     quiet: bool,
+    /// Internal: run a server (echo or service) for a parent pycom-bench
+    #[arg(long, hide = true, value_name = "KIND")]
+    serve: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
+    if let Some(kind) = &cli.serve {
+        return servers::serve(kind, cli.workers);
+    }
     if cli.duration <= 0.0 || cli.in_flight == 0 {
         return Err("--duration and --in-flight must be positive".into());
     }
@@ -96,15 +102,15 @@ fn run(cli: &Cli) -> Result<(), String> {
     let echo = if cli.no_baseline {
         None
     } else {
-        Some(servers::RawEcho::start(&ctx)?)
+        Some(servers::Child::spawn("echo", 1)?)
     };
     let service = match cli.op {
-        Op::Invoke | Op::InvokeRaw => Some(servers::echo_service(cli.workers)?),
+        Op::Invoke | Op::InvokeRaw => Some(servers::Child::spawn("service", cli.workers)?),
         _ => None,
     };
     let target = service
         .as_ref()
-        .map_or(cli.nameserver.clone(), |s| s.endpoint().to_string());
+        .map_or(cli.nameserver.clone(), |s| s.endpoint.clone());
     let bodies = ops::Bodies::prepare(cli.op, cli.preload);
     if bodies.needs_preload() {
         let started = Instant::now();

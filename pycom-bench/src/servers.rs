@@ -1,5 +1,7 @@
 //! The servers the tool starts itself: the raw ZeroMQ echo baseline and a
-//! pycom-client echo service.
+//! pycom-client echo service. Each runs in a child process of its own (this
+//! same binary with `--serve`), so it meets the load exactly as pycomd does:
+//! its own process, its own ZeroMQ I/O thread.
 
 use pycom_client::service::{Interface, RunningService, Service};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,4 +65,65 @@ pub fn echo_service(workers: usize) -> Result<RunningService, String> {
         .interface(echo)
         .start()
         .map_err(|e| format!("cannot start the echo service: {e}"))
+}
+
+/// A server in a child process: `pycom-bench --serve KIND` prints its
+/// endpoint on stdout and serves until its stdin closes.
+pub struct Child {
+    pub endpoint: String,
+    child: std::process::Child,
+}
+
+impl Child {
+    pub fn spawn(kind: &str, workers: usize) -> Result<Child, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .args(["--serve", kind, "--workers", &workers.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the {kind} server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("the {kind} server did not say where it listens: {e}"))?;
+        let endpoint = line.trim().to_string();
+        if !endpoint.contains("://") {
+            let _ = child.kill();
+            return Err(format!("the {kind} server failed to start"));
+        }
+        Ok(Child { endpoint, child })
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // Closing stdin ends the server; kill in case it is stuck.
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `--serve` mode: serve until stdin closes.
+pub fn serve(kind: &str, workers: usize) -> Result<(), String> {
+    let ctx = zmq::Context::new();
+    let (endpoint, _echo, _service) = match kind {
+        "echo" => {
+            let echo = RawEcho::start(&ctx)?;
+            (echo.endpoint.clone(), Some(echo), None)
+        }
+        "service" => {
+            let service = echo_service(workers)?;
+            (service.endpoint().to_string(), None, Some(service))
+        }
+        other => return Err(format!("unknown server kind '{other}'")),
+    };
+    println!("{endpoint}");
+    use std::io::Read;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
 }

@@ -85,3 +85,32 @@ pub fn send<E: std::ops::Deref<Target = [u8]>>(
         tracing::debug!("reply dropped: {e}");
     }
 }
+
+/// Replies gathered while a batch of requests is handled, sent together:
+/// libzmq's I/O thread then writes many replies per system call instead of
+/// waking for each one.
+#[derive(Default)]
+pub struct Outbox {
+    replies: Vec<(Vec<zmq::Message>, &'static [u8], Vec<u8>)>,
+}
+
+impl Outbox {
+    /// Queue `[envelope..., status, body]`; the envelope frames are moved, not copied.
+    pub fn push(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: Vec<u8>) {
+        self.replies.push((envelope, status, body));
+    }
+
+    /// Send everything queued (see [`send`] for what happens to slow peers).
+    pub fn flush(&mut self, socket: &zmq::Socket) {
+        for (envelope, status, body) in self.replies.drain(..) {
+            let sent = envelope
+                .into_iter()
+                .try_for_each(|frame| socket.send(frame, zmq::SNDMORE | zmq::DONTWAIT))
+                .and_then(|()| socket.send(status, zmq::SNDMORE | zmq::DONTWAIT))
+                .and_then(|()| socket.send(body, zmq::DONTWAIT));
+            if let Err(e) = sent {
+                tracing::debug!("reply dropped: {e}");
+            }
+        }
+    }
+}

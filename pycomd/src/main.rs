@@ -154,6 +154,7 @@ fn run(settings: Settings, overrides: Overrides, log: logging::LogControl) -> Re
         store: Some(store_tx),
         prober: probe_tx,
         stats: nameserver::Stats::new(store_counters),
+        outbox: Default::default(),
     };
     server.run();
 

@@ -14,7 +14,7 @@ use crate::registry::{Registry, StoreOp};
 use crate::signals::EVENT_SIGNAL;
 use pycom_client::nameserver::INTERFACE;
 use pycom_client::proto::{self, DecodeError, Fault};
-use pycom_client::router::{self, Incoming};
+use pycom_client::router::{self, Incoming, Outbox};
 use std::sync::mpsc::{Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -34,6 +34,8 @@ pub struct Server {
     pub store: Option<SyncSender<StoreJob>>,
     pub prober: Sender<ProbeCmd>,
     pub stats: Stats,
+    /// Replies of the batch being handled, sent when it ends.
+    pub outbox: Outbox,
 }
 
 /// What the loop does after reading events.
@@ -80,6 +82,7 @@ impl Server {
             }
             if router_ready && flow == Flow::Serve {
                 self.serve_batch();
+                self.outbox.flush(&self.router);
             }
         }
         info!("all registry writes flushed; pycomd stopped");
@@ -110,7 +113,7 @@ impl Server {
                 "request of {size} bytes exceeds max_message_bytes = {}",
                 self.settings.max_message_bytes
             ));
-            self.reply_now(&envelope, Err(&fault));
+            self.reply_now(envelope, Err(&fault));
             return;
         }
         let request = match proto::decode_request(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..]))
@@ -119,11 +122,12 @@ impl Server {
             Err(DecodeError::Framing(message)) => {
                 self.stats.failed += 1;
                 debug!("FAIL: {message}");
-                router::send(&self.router, &envelope, proto::STATUS_FAIL, message.as_bytes());
+                self.outbox
+                    .push(envelope, proto::STATUS_FAIL, message.into_bytes());
                 return;
             }
             Err(DecodeError::Body(message)) => {
-                self.reply_now(&envelope, Err(&Fault::bad_request(message)));
+                self.reply_now(envelope, Err(&Fault::bad_request(message)));
                 return;
             }
         };
@@ -132,7 +136,7 @@ impl Server {
                 "pycomd serves only {INTERFACE}, not '{}': locate the service through it and call it directly",
                 request.interface
             ));
-            self.reply_now(&envelope, Err(&fault));
+            self.reply_now(envelope, Err(&fault));
             return;
         }
         let mut ctx = Context {
@@ -152,16 +156,20 @@ impl Server {
             // The prober only stops when pycomd does.
             let _ = self.prober.send(cmd);
         }
-        let (Some(op), Ok(value)) = (write, &result) else {
-            self.reply_now(&envelope, result.as_ref());
+        let body = match result {
+            Ok(body) => body,
+            Err(fault) => return self.reply_now(envelope, Err(&fault)),
+        };
+        let Some(op) = write else {
+            self.outbox.push(envelope, proto::STATUS_OK, body);
             return;
         };
         let reply = PendingReply {
             envelope: envelope.iter().map(|m| m.to_vec()).collect(),
-            ok_body: proto::encode_response(Ok(value), None),
+            ok_body: body,
         };
         if let Err(fault) = self.persist(op, Some(reply)) {
-            self.reply_now(&envelope, Err(&fault));
+            self.reply_now(envelope, Err(&fault));
         }
     }
 
@@ -187,12 +195,12 @@ impl Server {
         }
     }
 
-    fn reply_now(&mut self, envelope: &[zmq::Message], result: Result<&serde_json::Value, &Fault>) {
-        if result.is_err() {
-            self.stats.faults += 1;
-        }
-        let body = proto::encode_response(result, None);
-        router::send(&self.router, envelope, proto::STATUS_OK, &body);
+    /// Answer with a fault.
+    fn reply_now(&mut self, envelope: Vec<zmq::Message>, fault: Result<(), &Fault>) {
+        let Err(fault) = fault else { return };
+        self.stats.faults += 1;
+        self.outbox
+            .push(envelope, proto::STATUS_OK, proto::encode_fault(fault, None));
     }
 
     fn expire(&mut self, now: Instant) {

@@ -111,8 +111,5 @@ fn ok(value: &serde_json::Value, session_id: Option<&str>, attachments: Vec<Vec<
 }
 
 fn fault(f: &Fault, session_id: Option<&str>) -> Vec<Vec<u8>> {
-    vec![
-        proto::STATUS_OK.to_vec(),
-        proto::encode_response(Err(f), session_id),
-    ]
+    vec![proto::STATUS_OK.to_vec(), proto::encode_fault(f, session_id)]
 }

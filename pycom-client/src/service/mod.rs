@@ -383,7 +383,7 @@ impl RouterLoop {
                     &self.socket,
                     &incoming.envelope,
                     proto::STATUS_OK,
-                    &proto::encode_response(Err(&f), None),
+                    &proto::encode_fault(&f, None),
                 );
                 continue;
             }
@@ -405,7 +405,7 @@ impl RouterLoop {
                         &self.socket,
                         envelope,
                         proto::STATUS_OK,
-                        &proto::encode_response(Err(&f), None),
+                        &proto::encode_fault(&f, None),
                     );
                 }
                 Err(TrySendError::Disconnected(_)) => return,

@@ -4,9 +4,9 @@
 
 use super::args::Args;
 use super::{Context, Outcome};
+use crate::registry::record::{Record, RecordView};
 use pycom_client::proto::Fault;
 use regex::{Regex, RegexBuilder};
-use serde_json::Value;
 
 /// Compiled-program budget for one pattern; larger ones are refused.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -15,7 +15,7 @@ pub fn list_services(ctx: &mut Context, args: &Args) -> Outcome {
     Outcome::reply(run(ctx, args))
 }
 
-fn run(ctx: &mut Context, args: &Args) -> Result<Value, Fault> {
+fn run<'r>(ctx: &'r mut Context, args: &Args) -> Result<Vec<RecordView<'r>>, Fault> {
     let interface = pattern(args, "interface")?;
     let service = pattern(args, "service")?;
     let mut records: Vec<_> = ctx
@@ -31,7 +31,7 @@ fn run(ctx: &mut Context, args: &Args) -> Result<Value, Fault> {
         })
         .collect();
     records.sort_by(|a, b| a.service.cmp(&b.service));
-    Ok(Value::Array(records.into_iter().map(|r| r.to_json()).collect()))
+    Ok(records.into_iter().map(Record::view).collect())
 }
 
 fn pattern(args: &Args, field: &str) -> Result<Option<Regex>, Fault> {

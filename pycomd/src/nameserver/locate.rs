@@ -2,14 +2,16 @@
 
 use super::args::Args;
 use super::{Context, Outcome};
-use pycom_client::proto::Fault;
-use serde_json::Value;
+use crate::registry::Record;
+use pycom_client::proto::{self, Fault};
 
 pub fn locate(ctx: &mut Context, args: &Args) -> Outcome {
-    Outcome::reply(run(ctx, args))
+    Outcome::encoded(run(ctx, args))
 }
 
-fn run(ctx: &mut Context, args: &Args) -> Result<Value, Fault> {
+/// The encoded response: records are serialized straight from the
+/// registry, with no intermediate JSON value (this is the hottest read).
+fn run(ctx: &mut Context, args: &Args) -> Result<Vec<u8>, Fault> {
     let interface = args.str("interface")?;
     let service = args.opt_str("service")?;
     let not_found = || match service {
@@ -25,10 +27,11 @@ fn run(ctx: &mut Context, args: &Args) -> Result<Value, Fault> {
         if all.is_empty() {
             return Err(not_found());
         }
-        return Ok(Value::Array(all.into_iter().map(|r| r.to_json()).collect()));
+        let views: Vec<_> = all.into_iter().map(Record::view).collect();
+        return Ok(proto::encode_response(Ok(&views), None));
     }
     ctx.registry
         .pick(interface, service, ctx.now)
-        .map(|r| r.to_json())
+        .map(|r| proto::encode_response(Ok(&r.view()), None))
         .ok_or_else(not_found)
 }

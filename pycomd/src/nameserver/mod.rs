@@ -17,7 +17,8 @@ use crate::registry::prober::ProbeCmd;
 use crate::registry::store::StoreCounters;
 use crate::registry::{Registry, StoreOp};
 use args::Args;
-use pycom_client::proto::{Code, Fault};
+use pycom_client::proto::{self, Code, Fault};
+use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,7 +58,8 @@ pub struct Context<'a> {
 /// A handler's answer.
 #[derive(Debug)]
 pub struct Outcome {
-    pub result: Result<Value, Fault>,
+    /// The encoded response body, or the fault to answer with.
+    pub result: Result<Vec<u8>, Fault>,
     /// A change to persist before `result` may be sent.
     pub write: Option<StoreOp>,
     /// A change to what the prober watches.
@@ -65,7 +67,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn reply(result: Result<Value, Fault>) -> Outcome {
+    /// Answer now with any serializable result (or the fault).
+    pub fn reply<T: Serialize>(result: Result<T, Fault>) -> Outcome {
+        Outcome::encoded(result.map(|value| proto::encode_response(Ok(&value), None)))
+    }
+
+    /// Answer now with a fault.
+    pub fn fault(fault: Fault) -> Outcome {
+        Outcome::encoded(Err(fault))
+    }
+
+    /// Answer now with a response body already encoded.
+    pub fn encoded(result: Result<Vec<u8>, Fault>) -> Outcome {
         Outcome {
             result,
             write: None,
@@ -73,9 +86,10 @@ impl Outcome {
         }
     }
 
-    pub fn durable(op: StoreOp, result: Value) -> Outcome {
+    /// Answer with `result` once `op` is on disk.
+    pub fn durable<T: Serialize>(op: StoreOp, result: T) -> Outcome {
         Outcome {
-            result: Ok(result),
+            result: Ok(proto::encode_response(Ok(&result), None)),
             write: Some(op),
             probe: None,
         }
@@ -96,14 +110,14 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: &Value) -> Outcome {
         _ => {}
     }
     let Some(name) = known(method) else {
-        return Outcome::reply(Err(Fault::new(
+        return Outcome::fault(Fault::new(
             Code::MethodNotFound,
             format!("interface org.pycom.nameserver has no method '{method}'"),
-        )));
+        ));
     };
     let args = match Args::new(name, args) {
         Ok(args) => args,
-        Err(fault) => return Outcome::reply(Err(fault)),
+        Err(fault) => return Outcome::fault(fault),
     };
     match name {
         "register" => register::register(ctx, &args),

@@ -16,14 +16,14 @@ pub const MAX_METADATA: usize = 64;
 pub fn register(ctx: &mut Context, args: &Args) -> Outcome {
     match parse(ctx, args) {
         Ok(reg) => apply(ctx, reg),
-        Err(fault) => Outcome::reply(Err(fault)),
+        Err(fault) => Outcome::fault(fault),
     }
 }
 
 fn apply(ctx: &mut Context, reg: Registration) -> Outcome {
     let (record, op) = match ctx.registry.register(reg, ctx.now) {
         Ok(done) => done,
-        Err(fault) => return Outcome::reply(Err(fault)),
+        Err(fault) => return Outcome::fault(fault),
     };
     tracing::info!(
         service = %record.service,

@@ -8,7 +8,7 @@ use serde_json::json;
 pub fn unregister(ctx: &mut Context, args: &Args) -> Outcome {
     let (service, address) = match (args.str("service"), args.str("address")) {
         (Ok(s), Ok(a)) => (s, a),
-        (Err(f), _) | (_, Err(f)) => return Outcome::reply(Err(f)),
+        (Err(f), _) | (_, Err(f)) => return Outcome::fault(f),
     };
     match ctx.registry.unregister(service, address) {
         Ok(op) => {
@@ -17,6 +17,6 @@ pub fn unregister(ctx: &mut Context, args: &Args) -> Outcome {
                 service: service.to_string(),
             })
         }
-        Err(fault) => Outcome::reply(Err(fault)),
+        Err(fault) => Outcome::fault(fault),
     }
 }

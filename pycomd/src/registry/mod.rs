@@ -10,6 +10,7 @@ pub mod prober;
 pub mod record;
 pub mod store;
 
+use ahash::RandomState;
 use indexmap::IndexSet;
 use pycom_client::proto::Fault;
 use std::cmp::Reverse;
@@ -28,10 +29,14 @@ pub struct Entry {
     pub permanent: bool,
 }
 
+/// Hash maps keyed by names from the network: aHash, randomly seeded per
+/// process (no hash flooding), and much faster than SipHash on short names.
+type Map<K, V> = HashMap<K, V, RandomState>;
+
 /// The providers of one interface, and whose turn it is next.
 #[derive(Debug, Default)]
 struct Providers {
-    services: IndexSet<String>,
+    services: IndexSet<String, RandomState>,
     next: usize,
 }
 
@@ -49,8 +54,8 @@ pub struct Registration {
 
 #[derive(Debug)]
 pub struct Registry {
-    records: HashMap<String, Entry>,
-    by_interface: HashMap<String, Providers>,
+    records: Map<String, Entry>,
+    by_interface: Map<String, Providers>,
     /// Lease deadlines, earliest first. Entries go stale when a lease is
     /// renewed; they are skipped when popped (cheaper than a decrease-key).
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
@@ -61,8 +66,8 @@ impl Registry {
     /// An empty registry that lists pycomd itself under `self_record`.
     pub fn new(self_record: Record, max_records: usize) -> Registry {
         let mut registry = Registry {
-            records: HashMap::new(),
-            by_interface: HashMap::new(),
+            records: Map::default(),
+            by_interface: Map::default(),
             deadlines: BinaryHeap::new(),
             max_records,
         };

@@ -1,7 +1,6 @@
 //! One registry record: what is stored on disk and what locate returns.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,14 +17,22 @@ pub struct Record {
     pub ttl_ms: Option<u64>,
 }
 
+/// The record as `locate` and `list_services` return it, borrowed.
+#[derive(Debug, Serialize)]
+pub struct RecordView<'a> {
+    pub address: &'a str,
+    pub service: &'a str,
+    pub interfaces: &'a [String],
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
 impl Record {
-    /// The record as `locate` and `list_services` return it.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "service": self.service,
-            "address": self.address,
-            "interfaces": self.interfaces,
-            "metadata": self.metadata,
-        })
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            address: &self.address,
+            service: &self.service,
+            interfaces: &self.interfaces,
+            metadata: &self.metadata,
+        }
     }
 }

@@ -65,6 +65,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // The registry is read once at start-up and then only written:
+            // sled's default 1 GiB page cache would only hold memory.
+            .cache_capacity(16 * 1024 * 1024)
             .open()
             .map_err(|e| {
                 format!(
@@ -132,10 +135,8 @@ impl Store {
                 let Some(reply) = job.reply else { continue };
                 let body = match &outcome {
                     Ok(()) => reply.ok_body,
-                    Err(e) => proto::encode_response(
-                        Err(&Fault::unavailable(format!(
-                            "the registry could not be written: {e}"
-                        ))),
+                    Err(e) => proto::encode_fault(
+                        &Fault::unavailable(format!("the registry could not be written: {e}")),
                         None,
                     ),
                 };
