@@ -356,7 +356,11 @@ pub fn encode_response<T: Serialize + ?Sized>(
             session_id,
         },
     };
-    serde_json::to_vec(&body).unwrap_or_default()
+    // Most replies are small: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(256);
+    // Writing to a Vec cannot fail, and every key is a string.
+    let _ = serde_json::to_writer(&mut out, &body);
+    out
 }
 
 /// Encode the JSON body of an error reply.
