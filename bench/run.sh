@@ -55,7 +55,7 @@ rm -rf "$work/big"
 "$bin/pycomd" --listen "$ns" --data-dir "$work/big" --log-level warn & pids+=($!); pycomd=$!
 wait_ready "$ns" >/dev/null
 echo "RSS empty: $(rss_mb "$pycomd") MB"
-bench --nameserver "$ns" --op renew --preload 100000 --clients 1 --in-flight 1 --duration 1 --no-baseline >/dev/null
+"$bin/pycom-bench" --quiet --nameserver "$ns" --op renew --preload 100000 --clients 1 --duration 0.5 --no-baseline >/dev/null
 echo "RSS with 100,000 services: $(rss_mb "$pycomd") MB"
 kill -TERM "$pycomd"; wait "$pycomd" || true
 "$bin/pycomd" --listen "$ns" --data-dir "$work/big" --log-level warn & pids+=($!); pycomd=$!

@@ -6,8 +6,10 @@
 //! call. Routing envelopes (ROUTER identities, the empty delimiter) are the
 //! socket owner's business and never reach this module.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 
 /// The only command a request may carry.
@@ -179,6 +181,75 @@ pub fn decode_request(command: Option<&[u8]>, body: Option<&[u8]>) -> Result<Req
     }
     let body = body.ok_or_else(|| DecodeError::Body("request has no body frame after CALL".into()))?;
     decode_request_body(body).map_err(DecodeError::Body)
+}
+
+/// A call decoded without copying, for servers' hot paths: names are
+/// borrowed from the body (unless they hold escapes), `args` and
+/// `extensions` stay raw JSON for the handler to decode as it needs.
+#[derive(Debug)]
+pub struct CallRef<'a> {
+    /// Dotted interface name.
+    pub interface: Cow<'a, str>,
+    /// Method name.
+    pub method: Cow<'a, str>,
+    /// The session the client was given, if any.
+    pub session_id: Option<Cow<'a, str>>,
+    /// Arguments as raw JSON; `None` when absent or null.
+    pub args: Option<&'a RawValue>,
+    /// Extensions as a raw JSON object; `None` when absent or null.
+    pub extensions: Option<&'a RawValue>,
+}
+
+/// Decode `[command, body]` into a [`CallRef`], checking what
+/// [`decode_request`] checks, with the same error messages.
+pub fn decode_call<'a>(command: Option<&[u8]>, body: Option<&'a [u8]>) -> Result<CallRef<'a>, DecodeError> {
+    #[derive(Deserialize)]
+    struct Wire<'a> {
+        #[serde(borrow, default)]
+        version: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        interface: Cow<'a, str>,
+        #[serde(borrow)]
+        method: Cow<'a, str>,
+        #[serde(borrow, default)]
+        session_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        args: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        extensions: Option<&'a RawValue>,
+    }
+    let command =
+        command.ok_or_else(|| DecodeError::Framing("empty message: expected [CALL, body]".into()))?;
+    if command != CMD_CALL {
+        return Err(DecodeError::Framing(format!(
+            "unknown command {}: the only command is CALL",
+            printable(command)
+        )));
+    }
+    let body = body.ok_or_else(|| DecodeError::Body("request has no body frame after CALL".into()))?;
+    match serde_json::from_slice::<Wire>(body) {
+        Ok(w)
+            if !w.interface.is_empty()
+                && !w.method.is_empty()
+                && w.extensions.is_none_or(|e| e.get().starts_with('{')) =>
+        {
+            if let Some(v) = &w.version {
+                check_version(v).map_err(DecodeError::Body)?;
+            }
+            Ok(CallRef {
+                interface: w.interface,
+                method: w.method,
+                session_id: w.session_id,
+                args: w.args,
+                extensions: w.extensions,
+            })
+        }
+        // The general decoder names the problem.
+        _ => match decode_request_body_slowly(body) {
+            Err(message) => Err(DecodeError::Body(message)),
+            Ok(_) => Err(DecodeError::Body("request body could not be decoded".into())),
+        },
+    }
 }
 
 /// Decode the JSON body of a call.

@@ -116,8 +116,7 @@ impl Server {
             self.reply_now(envelope, Err(&fault));
             return;
         }
-        let request = match proto::decode_request(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..]))
-        {
+        let request = match proto::decode_call(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..])) {
             Ok(request) => request,
             Err(DecodeError::Framing(message)) => {
                 self.stats.failed += 1;
@@ -145,7 +144,7 @@ impl Server {
             stats: &self.stats,
             now: Instant::now(),
         };
-        let outcome = nameserver::dispatch(&mut ctx, &request.method, &request.args);
+        let outcome = nameserver::dispatch(&mut ctx, &request.method, request.args);
         debug!(method = %request.method, ok = outcome.result.is_ok(), "request");
         self.finish(envelope, outcome);
     }

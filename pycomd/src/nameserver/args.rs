@@ -81,7 +81,8 @@ impl<'a> Args<'a> {
         }
     }
 
-    /// Names must be non-empty, bounded and free of control characters.
+    /// Names must be non-empty, bounded and free of control characters
+    /// (what [`is_valid_name`] tests, with a message).
     pub fn check_name(&self, field: &str, s: &str) -> Result<(), Fault> {
         if s.is_empty() {
             return Err(self.fault(format_args!("field '{field}' must not be empty")));
@@ -99,4 +100,10 @@ impl<'a> Args<'a> {
         }
         Ok(())
     }
+}
+
+/// A name every method accepts: non-empty, at most [`MAX_NAME_BYTES`], no
+/// control characters.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control)
 }

@@ -21,7 +21,7 @@ fn run<'r>(ctx: &'r mut Context, args: &Args) -> Result<Vec<RecordView<'r>>, Fau
     let mut records: Vec<_> = ctx
         .registry
         .entries()
-        .filter(|e| e.deadline.is_none_or(|d| d > ctx.now))
+        .filter(|e| e.is_live(ctx.now))
         .map(|e| &e.record)
         .filter(|r| service.as_ref().is_none_or(|re| re.is_match(&r.service)))
         .filter(|r| {

@@ -1,19 +1,48 @@
 //! `locate {interface, service?, as_list?}`: a live provider, or all of them.
 
-use super::args::Args;
+use super::args::{is_valid_name, Args};
 use super::{Context, Outcome};
 use crate::registry::Record;
 use pycom_client::proto::{self, Fault};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 pub fn locate(ctx: &mut Context, args: &Args) -> Outcome {
-    Outcome::encoded(run(ctx, args))
+    let parsed = (|| {
+        let interface = args.str("interface")?;
+        let service = args.opt_str("service")?;
+        let as_list = args.opt_bool("as_list")?.unwrap_or(false);
+        find(ctx, interface, service, as_list)
+    })();
+    Outcome::encoded(parsed)
 }
 
-/// The encoded response: records are serialized straight from the
-/// registry, with no intermediate JSON value (this is the hottest read).
-fn run(ctx: &mut Context, args: &Args) -> Result<Vec<u8>, Fault> {
-    let interface = args.str("interface")?;
-    let service = args.opt_str("service")?;
+/// The hot path: args decoded in place, borrowed. `None` when they need the
+/// general path (a wrong type, an escaped or invalid name), which then
+/// names the problem.
+pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Outcome> {
+    #[derive(Deserialize)]
+    struct Fast<'a> {
+        interface: &'a str,
+        #[serde(default)]
+        service: Option<&'a str>,
+        #[serde(default)]
+        as_list: Option<bool>,
+    }
+    let a: Fast = serde_json::from_str(args?.get()).ok()?;
+    if !is_valid_name(a.interface) || a.service.is_some_and(|s| !is_valid_name(s)) {
+        return None;
+    }
+    Some(Outcome::encoded(find(
+        ctx,
+        a.interface,
+        a.service,
+        a.as_list.unwrap_or(false),
+    )))
+}
+
+/// The encoded response: records come from the registry already as JSON.
+fn find(ctx: &mut Context, interface: &str, service: Option<&str>, as_list: bool) -> Result<Vec<u8>, Fault> {
     let not_found = || match service {
         Some(s) => Fault::not_found(format!(
             "locate: no live service '{s}' provides interface '{interface}'"
@@ -22,7 +51,7 @@ fn run(ctx: &mut Context, args: &Args) -> Result<Vec<u8>, Fault> {
             "locate: no live service provides interface '{interface}'"
         )),
     };
-    if args.opt_bool("as_list")?.unwrap_or(false) {
+    if as_list {
         let all = ctx.registry.providers(interface, service, ctx.now);
         if all.is_empty() {
             return Err(not_found());
@@ -32,6 +61,6 @@ fn run(ctx: &mut Context, args: &Args) -> Result<Vec<u8>, Fault> {
     }
     ctx.registry
         .pick(interface, service, ctx.now)
-        .map(|r| proto::encode_response(Ok(&r.view()), None))
+        .map(|json| proto::encode_response(Ok(json), None))
         .ok_or_else(not_found)
 }

@@ -19,6 +19,7 @@ use crate::registry::{Registry, StoreOp};
 use args::Args;
 use pycom_client::proto::{self, Code, Fault};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,8 +102,8 @@ impl Outcome {
     }
 }
 
-/// Run `method` with `args`.
-pub fn dispatch(ctx: &mut Context, method: &str, args: &Value) -> Outcome {
+/// Run `method` with `args` (raw JSON, `None` when absent or null).
+pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Outcome {
     // `stat` and `introspect` ignore their args, as PyCOM's did.
     match method {
         "stat" => return stat::stat(ctx),
@@ -115,7 +116,26 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: &Value) -> Outcome {
             format!("interface org.pycom.nameserver has no method '{method}'"),
         ));
     };
-    let args = match Args::new(name, args) {
+    // The hottest methods first try their args borrowed, in place; what
+    // that cannot take goes the general way below, which names problems.
+    let fast = match name {
+        "locate" => locate::fast(ctx, args),
+        "renew" => renew::fast(ctx, args),
+        _ => None,
+    };
+    if let Some(outcome) = fast {
+        return outcome;
+    }
+    let value: Value = match args.map(|raw| serde_json::from_str(raw.get())) {
+        None => Value::Null,
+        Some(Ok(value)) => value,
+        Some(Err(e)) => {
+            return Outcome::fault(Fault::bad_request(format!(
+                "{name}: args are not valid JSON: {e}"
+            )))
+        }
+    };
+    let args = match Args::new(name, &value) {
         Ok(args) => args,
         Err(fault) => return Outcome::fault(fault),
     };

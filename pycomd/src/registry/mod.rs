@@ -11,10 +11,13 @@ pub mod record;
 pub mod store;
 
 use ahash::RandomState;
-use indexmap::IndexSet;
+use indexmap::IndexMap;
 use pycom_client::proto::Fault;
+use serde_json::value::RawValue;
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub use record::Record;
@@ -24,9 +27,49 @@ pub use store::StoreOp;
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub record: Record,
-    pub deadline: Option<Instant>,
+    slot: Rc<Slot>,
     /// pycomd's own record: never stored, never expires, never replaced.
     pub permanent: bool,
+}
+
+impl Entry {
+    fn new(record: Record, deadline: Option<Instant>, permanent: bool) -> Entry {
+        let json = serde_json::value::to_raw_value(&record.view())
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default());
+        Entry {
+            record,
+            slot: Rc::new(Slot {
+                json,
+                deadline: Cell::new(deadline),
+            }),
+            permanent,
+        }
+    }
+
+    /// When the lease runs out; `None` for probed records.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.slot.deadline.get()
+    }
+
+    /// Alive: not leased, or its lease has not run out (even if `expire`
+    /// has not removed it yet).
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.slot.is_live(now)
+    }
+}
+
+/// What `locate` needs of a record, shared by the entry and the interface
+/// index: a look-up is one hash probe and a copy of JSON made at register.
+#[derive(Debug)]
+struct Slot {
+    json: Box<RawValue>,
+    deadline: Cell<Option<Instant>>,
+}
+
+impl Slot {
+    fn is_live(&self, now: Instant) -> bool {
+        self.deadline.get().is_none_or(|d| d > now)
+    }
 }
 
 /// Hash maps keyed by names from the network: aHash, randomly seeded per
@@ -36,7 +79,7 @@ type Map<K, V> = HashMap<K, V, RandomState>;
 /// The providers of one interface, and whose turn it is next.
 #[derive(Debug, Default)]
 struct Providers {
-    services: IndexSet<String, RandomState>,
+    services: IndexMap<Rc<str>, Rc<Slot>, RandomState>,
     next: usize,
 }
 
@@ -54,11 +97,11 @@ pub struct Registration {
 
 #[derive(Debug)]
 pub struct Registry {
-    records: Map<String, Entry>,
+    records: Map<Rc<str>, Entry>,
     by_interface: Map<String, Providers>,
     /// Lease deadlines, earliest first. Entries go stale when a lease is
     /// renewed; they are skipped when popped (cheaper than a decrease-key).
-    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    deadlines: BinaryHeap<Reverse<(Instant, Rc<str>)>>,
     max_records: usize,
 }
 
@@ -71,11 +114,7 @@ impl Registry {
             deadlines: BinaryHeap::new(),
             max_records,
         };
-        registry.insert(Entry {
-            record: self_record,
-            deadline: None,
-            permanent: true,
-        });
+        registry.insert(Entry::new(self_record, None, true));
         registry
     }
 
@@ -83,15 +122,15 @@ impl Registry {
     /// owners may have renewed while pycomd was down.
     pub fn restore(&mut self, records: Vec<Record>, now: Instant) {
         for record in records {
-            if self.records.get(&record.service).is_some_and(|e| e.permanent) {
+            if self
+                .records
+                .get(record.service.as_str())
+                .is_some_and(|e| e.permanent)
+            {
                 continue;
             }
             let deadline = record.ttl_ms.map(|ttl| now + Duration::from_millis(ttl));
-            self.insert(Entry {
-                record,
-                deadline,
-                permanent: false,
-            });
+            self.insert(Entry::new(record, deadline, false));
         }
     }
 
@@ -111,7 +150,7 @@ impl Registry {
     /// Register or re-register. Returns the new record and what to persist.
     pub fn register(&mut self, reg: Registration, now: Instant) -> Result<(Record, StoreOp), Fault> {
         // A lease that ran out frees the name even before `expire` removes it.
-        let existing = self.records.get(&reg.service).filter(|e| is_live(e, now));
+        let existing = self.records.get(reg.service.as_str()).filter(|e| e.is_live(now));
         if let Some(entry) = existing {
             check_owner(entry, &reg.address, "register")?;
         } else if self.records.len() >= self.max_records {
@@ -139,27 +178,23 @@ impl Registry {
         record.interfaces.dedup();
         self.remove_entry(&record.service);
         let deadline = record.ttl_ms.map(|ttl| now + Duration::from_millis(ttl));
-        self.insert(Entry {
-            record: record.clone(),
-            deadline,
-            permanent: false,
-        });
+        self.insert(Entry::new(record.clone(), deadline, false));
         let op = StoreOp::Put(record.clone());
         Ok((record, op))
     }
 
     /// Extend a lease. Returns the lease length granted.
     pub fn renew(&mut self, service: &str, address: &str, now: Instant) -> Result<Option<u64>, Fault> {
-        let entry = self
+        let (key, entry) = self
             .records
-            .get_mut(service)
-            .filter(|e| is_live(e, now))
+            .get_key_value(service)
+            .filter(|(_, e)| e.is_live(now))
             .ok_or_else(|| unknown(service, "renew"))?;
         check_owner(entry, address, "renew")?;
         if let Some(ttl) = entry.record.ttl_ms {
             let deadline = now + Duration::from_millis(ttl);
-            entry.deadline = Some(deadline);
-            self.deadlines.push(Reverse((deadline, service.to_string())));
+            entry.slot.deadline.set(Some(deadline));
+            self.deadlines.push(Reverse((deadline, key.clone())));
         }
         Ok(entry.record.ttl_ms)
     }
@@ -189,7 +224,7 @@ impl Registry {
     /// When the next lease runs out, if any record has one.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((deadline, service))) = self.deadlines.peek() {
-            if self.records.get(service).and_then(|e| e.deadline) == Some(*deadline) {
+            if self.records.get(service).and_then(Entry::deadline) == Some(*deadline) {
                 return Some(*deadline);
             }
             self.deadlines.pop();
@@ -207,7 +242,7 @@ impl Registry {
             let Some(Reverse((deadline, service))) = self.deadlines.pop() else {
                 break;
             };
-            if self.records.get(&service).and_then(|e| e.deadline) == Some(deadline) {
+            if self.records.get(&service).and_then(Entry::deadline) == Some(deadline) {
                 if let Some(entry) = self.remove_entry(&service) {
                     expired.push(entry.record);
                 }
@@ -216,22 +251,24 @@ impl Registry {
         expired
     }
 
-    /// One live provider of `interface`, taking turns among them.
-    pub fn pick(&mut self, interface: &str, service: Option<&str>, now: Instant) -> Option<&Record> {
+    /// One live provider of `interface`, taking turns among them, as the
+    /// JSON `locate` returns.
+    pub fn pick(&mut self, interface: &str, service: Option<&str>, now: Instant) -> Option<&RawValue> {
         if let Some(service) = service {
             return self
-                .live(service, now)
-                .filter(|r| r.interfaces.iter().any(|i| i == interface));
+                .records
+                .get(service)
+                .filter(|e| e.is_live(now) && e.record.interfaces.iter().any(|i| i == interface))
+                .map(|e| &*e.slot.json);
         }
         let providers = self.by_interface.get_mut(interface)?;
         let n = providers.services.len();
         for _ in 0..n {
             let i = providers.next % n;
             providers.next = i.wrapping_add(1);
-            let name = &providers.services[i];
-            if let Some(entry) = self.records.get(name.as_str()) {
-                if is_live(entry, now) {
-                    return Some(&entry.record);
+            if let Some((_, slot)) = providers.services.get_index(i) {
+                if slot.is_live(now) {
+                    return Some(&slot.json);
                 }
             }
         }
@@ -250,9 +287,9 @@ impl Registry {
         let mut found: Vec<&Record> = match self.by_interface.get(interface) {
             Some(p) => p
                 .services
-                .iter()
-                .filter_map(|s| self.records.get(s.as_str()))
-                .filter(|e| is_live(e, now))
+                .keys()
+                .filter_map(|s| self.records.get(s))
+                .filter(|e| e.is_live(now))
                 .map(|e| &e.record)
                 .collect(),
             None => Vec::new(),
@@ -264,20 +301,21 @@ impl Registry {
     fn live(&self, service: &str, now: Instant) -> Option<&Record> {
         self.records
             .get(service)
-            .filter(|e| is_live(e, now))
+            .filter(|e| e.is_live(now))
             .map(|e| &e.record)
     }
 
     fn insert(&mut self, entry: Entry) {
-        let service = entry.record.service.clone();
+        // One shared copy of the name for the index, the heap and the map.
+        let service: Rc<str> = Rc::from(entry.record.service.as_str());
         for interface in &entry.record.interfaces {
             self.by_interface
                 .entry(interface.clone())
                 .or_default()
                 .services
-                .insert(service.clone());
+                .insert(service.clone(), entry.slot.clone());
         }
-        if let Some(deadline) = entry.deadline {
+        if let Some(deadline) = entry.deadline() {
             self.deadlines.push(Reverse((deadline, service.clone())));
         }
         self.records.insert(service, entry);
@@ -295,11 +333,6 @@ impl Registry {
         }
         Some(entry)
     }
-}
-
-/// A record whose lease ran out is dead even before `expire` removes it.
-fn is_live(entry: &Entry, now: Instant) -> bool {
-    entry.deadline.is_none_or(|d| d > now)
 }
 
 fn check_owner(entry: &Entry, address: &str, what: &str) -> Result<(), Fault> {
@@ -340,6 +373,12 @@ mod tests {
         }
     }
 
+    fn picked_service(r: &mut Registry, interface: &str, now: Instant) -> String {
+        let json = r.pick(interface, None, now).expect("a provider");
+        let v: serde_json::Value = serde_json::from_str(json.get()).unwrap();
+        v["service"].as_str().unwrap().to_string()
+    }
+
     fn registry() -> Registry {
         let me = Record {
             service: "/org/pycom/nameserver".into(),
@@ -366,7 +405,7 @@ mod tests {
             .unwrap();
         assert_eq!(rec.interfaces, vec!["c"]);
         assert!(r.pick("a", None, now).is_none());
-        assert_eq!(r.pick("c", None, now).unwrap().service, "/s");
+        assert_eq!(picked_service(&mut r, "c", now), "/s");
     }
 
     #[test]
@@ -414,9 +453,7 @@ mod tests {
             r.register(reg(s, &format!("tcp://{s}:1"), &["x"], true, None), now)
                 .unwrap();
         }
-        let mut seen: Vec<String> = (0..6)
-            .map(|_| r.pick("x", None, now).unwrap().service.clone())
-            .collect();
+        let mut seen: Vec<String> = (0..6).map(|_| picked_service(&mut r, "x", now)).collect();
         seen.sort();
         assert_eq!(seen, vec!["/a", "/a", "/b", "/b", "/c", "/c"]);
     }
