@@ -4,7 +4,7 @@
 # against them, measures memory and restart time. Takes a few minutes.
 #
 #   bash bench/run.sh            # full run, DURATION=5 s per measurement
-#   DURATION=2 bash bench/run.sh # quicker
+#   DURATION=2 REPEAT=1 bash bench/run.sh # quicker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
@@ -22,7 +22,9 @@ wait_ready() { # endpoint -> prints ms until stat answers
   end=$(date +%s%N); echo $(( (end - start) / 1000000 ))
 }
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-bench() { "$bin/pycom-bench" --quiet --duration "$DURATION" "$@"; }
+REPEAT="${REPEAT:-3}"
+# Each row: the median of $REPEAT runs, each followed by its raw-echo baseline.
+bench() { "$bin/pycom-bench" --quiet --duration "$DURATION" --repeat "$REPEAT" "$@" | tail -n +2; }
 
 echo "== machine"
 echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -31,20 +33,25 @@ port=$(free_port); ns="tcp://127.0.0.1:$port"
 "$bin/pycomd" --listen "$ns" --data-dir "$work/data" --log-level warn & pids+=($!); pycomd=$!
 wait_ready "$ns" >/dev/null
 
+header() { printf '%-10s %7s %9s %10s %8s %8s %8s %7s | %10s %8s | %7s %7s\n' op clients in-flight req/s "p50 us" "p99 us" "p99.9 us" errors "echo req/s" "echo p50" "x req/s" "x p50"; }
 echo "== stat, locate (10,000 services): one request in flight, then pipelined"
+header
 bench --nameserver "$ns" --op stat --clients 1 --in-flight 1
 bench --nameserver "$ns" --op stat --clients 4 --in-flight 64
 bench --nameserver "$ns" --op locate --preload 10000 --clients 1 --in-flight 1
 bench --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64
 
 echo "== scaling: locate, 16 in flight per client"
+header
 bench --nameserver "$ns" --op locate --preload 10000 --scaling 1,4,16,64 --in-flight 16
 
 echo "== durable register (64 clients), renew (pipelined)"
+header
 bench --nameserver "$ns" --op register --clients 64 --in-flight 1
 bench --nameserver "$ns" --op renew --preload 10000 --clients 4 --in-flight 64
 
 echo "== invoke: pycom-client Component -> pycom-client echo service; raw pipelined DEALER -> same service"
+header
 bench --op invoke --clients 4
 bench --op invoke-raw --clients 4 --in-flight 64
 
@@ -66,6 +73,7 @@ kill -TERM "$pycomd"; wait "$pycomd" || true
 venv=target/py-peers
 if "$venv/bin/python" -c 'import pycom' 2>/dev/null; then
   echo "== PyCOM 0.3.2 nameserver (Python), same tool"
+  header
   port=$(free_port); old="tcp://127.0.0.1:$port"
   "$venv/bin/python" -c "import pycom; pycom.main(['pycom.apps.nameserver', '-a', '$old', '-s', '/org/pycom/nameserver'])" 2>/dev/null & pids+=($!)
   wait_ready "$old" >/dev/null

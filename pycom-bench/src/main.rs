@@ -65,6 +65,9 @@ struct Cli {
     /// Worker threads of the echo service (invoke)
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Measure each row this many times (each with its baseline) and report the median run
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Skip the raw ZeroMQ echo baseline
     #[arg(long)]
     no_baseline: bool,
@@ -148,40 +151,52 @@ fn run(cli: &Cli) -> Result<(), String> {
     for clients in counts {
         let in_flight = if cli.op == Op::Invoke { 1 } else { cli.in_flight };
         let label = format!("{:?}", cli.op).to_lowercase();
-        let measured = if cli.op == Op::Invoke {
-            ops::invoke_with_components(&target, clients, duration)?
-        } else {
-            let body = |c: usize, s: u64| bodies.body(c, s);
-            Load {
-                endpoint: &target,
-                clients,
-                in_flight,
-                duration,
-                body: &body,
-                progress: !cli.quiet,
-                label: &label,
-            }
-            .run(&ctx)?
-        }
-        .summary();
-        let baseline = match &echo {
-            Some(echo) => {
+        let mut runs = Vec::with_capacity(cli.repeat);
+        for _ in 0..cli.repeat.max(1) {
+            let measured = if cli.op == Op::Invoke {
+                ops::invoke_with_components(&target, clients, duration)?
+            } else {
                 let body = |c: usize, s: u64| bodies.body(c, s);
-                let m = Load {
-                    endpoint: &echo.endpoint,
+                Load {
+                    endpoint: &target,
                     clients,
                     in_flight,
                     duration,
                     body: &body,
                     progress: !cli.quiet,
-                    label: "raw echo",
+                    label: &label,
                 }
-                .run(&ctx)?;
-                Some(m.summary())
+                .run(&ctx)?
             }
-            None => None,
+            .summary();
+            // The baseline right after, under the same conditions.
+            let baseline = match &echo {
+                Some(echo) => {
+                    let body = |c: usize, s: u64| bodies.body(c, s);
+                    let m = Load {
+                        endpoint: &echo.endpoint,
+                        clients,
+                        in_flight,
+                        duration,
+                        body: &body,
+                        progress: !cli.quiet,
+                        label: "raw echo",
+                    }
+                    .run(&ctx)?;
+                    Some(m.summary())
+                }
+                None => None,
+            };
+            runs.push((measured, baseline));
+        }
+        // The median run, by throughput ratio (by throughput without a baseline).
+        let key = |(m, b): &(Summary, Option<Summary>)| match b {
+            Some(b) if b.throughput > 0.0 => m.throughput / b.throughput,
+            _ => m.throughput,
         };
-        report(cli, &label, clients, in_flight, &measured, baseline.as_ref());
+        runs.sort_by(|x, y| key(x).total_cmp(&key(y)));
+        let (measured, baseline) = &runs[runs.len() / 2];
+        report(cli, &label, clients, in_flight, measured, baseline.as_ref());
     }
     Ok(())
 }
@@ -192,7 +207,7 @@ fn report(cli: &Cli, op: &str, clients: usize, in_flight: usize, m: &Summary, ba
     let p50_ratio = base.map(|b| ratio(m.p50_us as f64, b.p50_us as f64));
     if cli.json {
         let line = json!({
-            "op": op, "clients": clients, "in_flight": in_flight, "duration_s": cli.duration,
+            "op": op, "clients": clients, "in_flight": in_flight, "duration_s": cli.duration, "repeat": cli.repeat,
             "result": m, "raw_echo": base,
             "throughput_ratio": tput_ratio, "p50_ratio": p50_ratio,
         });
