@@ -72,17 +72,7 @@ impl Load<'_> {
                 })
                 .collect()
         });
-        let mut total = Measured {
-            elapsed: self.duration,
-            ..Measured::default()
-        };
-        for r in results {
-            let m = r?;
-            total.ok += m.ok;
-            total.errors += m.errors;
-            total.latencies_us.extend(m.latencies_us);
-        }
-        Ok(total)
+        Measured::merge(results, self.duration)
     }
 
     fn client(
@@ -171,6 +161,21 @@ pub struct Summary {
 }
 
 impl Measured {
+    /// One run's figures from its clients' figures.
+    pub fn merge(clients: Vec<Result<Measured, String>>, elapsed: Duration) -> Result<Measured, String> {
+        let mut total = Measured {
+            elapsed,
+            ..Measured::default()
+        };
+        for client in clients {
+            let m = client?;
+            total.ok += m.ok;
+            total.errors += m.errors;
+            total.latencies_us.extend(m.latencies_us);
+        }
+        Ok(total)
+    }
+
     pub fn summary(mut self) -> Summary {
         self.latencies_us.sort_unstable();
         let pct = |p: f64| -> u32 {

@@ -151,15 +151,5 @@ pub fn invoke_with_components(
             })
             .collect()
     });
-    let mut total = Measured {
-        elapsed: duration,
-        ..Measured::default()
-    };
-    for r in results {
-        let m = r?;
-        total.ok += m.ok;
-        total.errors += m.errors;
-        total.latencies_us.extend(m.latencies_us);
-    }
-    Ok(total)
+    Measured::merge(results, duration)
 }

@@ -171,6 +171,11 @@ pub enum DecodeError {
 ///
 /// Attachments are left to the caller: they are every frame after the body.
 pub fn decode_request(command: Option<&[u8]>, body: Option<&[u8]>) -> Result<Request, DecodeError> {
+    decode_request_body(call_body(command, body)?).map_err(DecodeError::Body)
+}
+
+/// The body of a `CALL`; anything else is a framing error.
+fn call_body<'a>(command: Option<&[u8]>, body: Option<&'a [u8]>) -> Result<&'a [u8], DecodeError> {
     let command =
         command.ok_or_else(|| DecodeError::Framing("empty message: expected [CALL, body]".into()))?;
     if command != CMD_CALL {
@@ -180,7 +185,7 @@ pub fn decode_request(command: Option<&[u8]>, body: Option<&[u8]>) -> Result<Req
         )));
     }
     let body = body.ok_or_else(|| DecodeError::Body("request has no body frame after CALL".into()))?;
-    decode_request_body(body).map_err(DecodeError::Body)
+    Ok(body)
 }
 
 /// A call decoded without copying, for servers' hot paths: names are
@@ -218,15 +223,7 @@ pub fn decode_call<'a>(command: Option<&[u8]>, body: Option<&'a [u8]>) -> Result
         #[serde(borrow, default)]
         extensions: Option<&'a RawValue>,
     }
-    let command =
-        command.ok_or_else(|| DecodeError::Framing("empty message: expected [CALL, body]".into()))?;
-    if command != CMD_CALL {
-        return Err(DecodeError::Framing(format!(
-            "unknown command {}: the only command is CALL",
-            printable(command)
-        )));
-    }
-    let body = body.ok_or_else(|| DecodeError::Body("request has no body frame after CALL".into()))?;
+    let body = call_body(command, body)?;
     match serde_json::from_slice::<Wire>(body) {
         Ok(w)
             if !w.interface.is_empty()
@@ -592,6 +589,50 @@ mod tests {
         assert!(matches!(
             decode_request(Some(b"CALL"), Some(deep.as_bytes())),
             Err(DecodeError::Body(_))
+        ));
+    }
+
+    #[test]
+    fn decode_call_borrows_and_checks_like_decode_request() {
+        let body = br#"{"interface": "org.pycom.nameserver", "method": "locate", "session_id": null, "args": {"interface": "a.b"}}"#;
+        let call = decode_call(Some(b"CALL"), Some(body)).unwrap();
+        assert!(matches!(call.interface, Cow::Borrowed("org.pycom.nameserver")));
+        assert_eq!(call.method, "locate");
+        assert_eq!(call.args.map(RawValue::get), Some(r#"{"interface": "a.b"}"#));
+        let call = decode_call(
+            Some(b"CALL"),
+            Some(br#"{"interface": "i\u0066", "method": "m", "args": null}"#),
+        )
+        .unwrap();
+        assert_eq!(call.interface, "if", "escapes are decoded");
+        assert!(call.args.is_none(), "null args are absent");
+        // The same messages as the general decoder.
+        for (body, want) in [
+            (
+                &br#"{"interface": "i", "method": "m", "extensions": []}"#[..],
+                "'extensions' must be an object",
+            ),
+            (
+                br#"{"interface": 1, "method": "m"}"#,
+                "'interface' must be a string, not a number",
+            ),
+            (
+                br#"{"interface": "", "method": "m"}"#,
+                "'interface' must not be empty",
+            ),
+            (
+                br#"{"interface": "i", "method": "m", "version": "2.1"}"#,
+                "unsupported protocol version",
+            ),
+        ] {
+            let Err(DecodeError::Body(msg)) = decode_call(Some(b"CALL"), Some(body)) else {
+                panic!("{body:?} should be refused")
+            };
+            assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        }
+        assert!(matches!(
+            decode_call(Some(b"NOPE"), Some(b"{}")),
+            Err(DecodeError::Framing(_))
         ));
     }
 

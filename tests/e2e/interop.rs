@@ -29,6 +29,21 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Run tests/interop/pycom_client.py against `service`; every check must hold.
+fn run_pycom_client(python: &str, nameserver: &str, service: &str) {
+    let out = Command::new(python)
+        .arg(script("pycom_client.py"))
+        .args([nameserver, service])
+        .output()
+        .expect("run the PyCOM client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "the PyCOM client failed against {service}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -87,17 +102,7 @@ fn pycom_0_3_2_service_and_client_work_with_pycomd() {
     }
 
     // The PyCOM client locates (with and without a service name) and invokes.
-    let out = Command::new(&python)
-        .arg(script("pycom_client.py"))
-        .args([&d.endpoint, service])
-        .output()
-        .expect("run the PyCOM client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "PyCOM client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_pycom_client(&python, &d.endpoint, service);
 
     // The Rust client locates and calls the Python service too.
     let ctx = Context::new(&d.endpoint).unwrap();
@@ -144,15 +149,5 @@ fn pycom_0_3_2_client_calls_a_rust_hosted_service() {
         builder = builder.interface(iface);
     }
     let _running = builder.start().unwrap();
-    let out = Command::new(&python)
-        .arg(script("pycom_client.py"))
-        .args([&d.endpoint, service])
-        .output()
-        .expect("run the PyCOM client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "PyCOM client against the Rust service failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_pycom_client(&python, &d.endpoint, service);
 }
