@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README "Quick start"): builds the workspace, makes the
-# Python venv with PyCOM 0.3.2 for the interop tests (once, in
-# target/py-peers), then runs every test of every crate.
+# Python venvs with PyCOM 0.3.2 and 0.4.2 for the interop tests (once, in
+# target/py-peers*), then runs every test of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,14 @@ if ! "$venv/bin/python" -c 'import pycom, zmq, tornado, six' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
 export PYCOM_PYTHON="$venv/bin/python"
+# PyCOM 0.4.2 (its proxy client) cannot share a venv with 0.3.2.
+venv04="${PYCOM04_VENV:-$PWD/target/py-peers-0.4}"
+if ! "$venv04/bin/python" -c 'import zmq, tornado, six; from importlib.metadata import version; assert version("pycom") == "0.4.2"' 2>/dev/null; then
+  echo "== Creating $venv04 with PyCOM 0.4.2 from PyPI"
+  python3 -m venv "$venv04"
+  "$venv04/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements-0.4.txt
+fi
+export PYCOM04_PYTHON="$venv04/bin/python"
 
 echo "== Building"
 cargo build --release --workspace --locked

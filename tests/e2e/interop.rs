@@ -151,3 +151,67 @@ fn pycom_0_3_2_client_calls_a_rust_hosted_service() {
     let _running = builder.start().unwrap();
     run_pycom_client(&python, &d.endpoint, service);
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Total {
+    pub total: i64,
+}
+
+pycom_client::interface! {
+    /// Arithmetic for PyCOM 0.4's proxy client.
+    pub mod calc = "test.calc" {
+        /// Add a and b, and c when given.
+        fn add(a: i64, b: i64; c: i64) -> Total => [total];
+        /// Divide, refusing zero.
+        fn divide(a: i64, b: i64) -> i64;
+    }
+}
+
+struct Calc;
+
+impl calc::Handler for Calc {
+    fn add(
+        &self,
+        _r: &mut pycom_client::service::Request,
+        a: i64,
+        b: i64,
+        c: Option<i64>,
+    ) -> Result<Total, Fault> {
+        Ok(Total {
+            total: a + b + c.unwrap_or(0),
+        })
+    }
+    fn divide(&self, _r: &mut pycom_client::service::Request, a: i64, b: i64) -> Result<i64, Fault> {
+        if b == 0 {
+            return Err(Fault::bad_request("divide: b must not be 0"));
+        }
+        Ok(a / b)
+    }
+}
+
+#[test]
+fn pycom_0_4_2_proxy_client_reads_rust_introspection() {
+    if std::env::var("PYCOM_SKIP_INTEROP").as_deref() == Ok("1") {
+        return;
+    }
+    let python = std::env::var("PYCOM04_PYTHON")
+        .expect("PYCOM04_PYTHON must name a Python with pycom==0.4.2 installed: run bash tests/run.sh");
+    let d = Daemon::start();
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let _running = Service::builder("/test/calc")
+        .context(ctx)
+        .interface(calc::interface(std::sync::Arc::new(Calc)))
+        .start()
+        .unwrap();
+    let out = Command::new(&python)
+        .arg(script("pycom04_proxy.py"))
+        .arg(&d.endpoint)
+        .output()
+        .expect("run the PyCOM 0.4.2 proxy client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "PyCOM 0.4.2's proxy failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

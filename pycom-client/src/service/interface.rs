@@ -221,8 +221,10 @@ impl Interface {
             .map(|(n, m)| (n.clone(), m.describe()))
             .collect();
         methods.entry("introspect").or_insert_with(|| {
-            json!({"required_arguments": [], "optional_arguments": [], "results": [],
-                   "docstring": "Describe this interface."})
+            // As PyCOM 0.4 declares its own introspect.
+            json!({"required_arguments": [], "optional_arguments": [],
+                   "results": ["name", "methods", "docstring"],
+                   "docstring": "Provides introspection information for a service."})
         });
         json!({"name": self.name, "docstring": self.doc, "methods": methods})
     }

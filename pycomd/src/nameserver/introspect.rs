@@ -63,8 +63,8 @@ const METHODS: &[MethodDoc] = &[
         name: "introspect",
         required: &[],
         optional: &[],
-        results: &[],
-        doc: "This description.",
+        results: &["name", "methods", "docstring"],
+        doc: "Provides introspection information for a service.",
     },
 ];
 
