@@ -111,3 +111,55 @@ fn exit_codes_for_usage_remote_and_unreachable() {
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no reply"));
 }
+
+#[test]
+fn call_sends_and_saves_attachments() {
+    use pycom_client::service::{Interface, Method, Reply, Service};
+    use pycom_client::{Binary, Code, Context, Fault};
+    let d = Daemon::start();
+    let mirror = Interface::new("ctl.files").method(Method::new("mirror", |req| {
+        let mut reply = Reply::new(serde_json::json!(req.attachments.len()));
+        for a in &req.attachments {
+            let bytes = a.bytes().map_err(|e| Fault::new(Code::Unknown, e.to_string()))?;
+            reply = reply.attach(Binary::from_bytes(bytes.into_owned()));
+        }
+        Ok(reply)
+    }));
+    let _svc = Service::builder("/ctl/files")
+        .context(Context::new(&d.endpoint).unwrap())
+        .interface(mirror)
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one.bin"), dir.path().join("two.txt"));
+    std::fs::write(&one, (0..=255u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(&two, "second").unwrap();
+    let out_dir = dir.path().join("out");
+    let o = ctl(
+        &d,
+        &[
+            "call",
+            "ctl.files",
+            "mirror",
+            "--attach",
+            one.to_str().unwrap(),
+            "--attach",
+            two.to_str().unwrap(),
+            "--save-attachments",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "2");
+    assert_eq!(
+        std::fs::read(out_dir.join("attachment-0")).unwrap(),
+        std::fs::read(&one).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("attachment-1")).unwrap(),
+        "second"
+    );
+    let o = ctl(&d, &["call", "ctl.files", "mirror", "--attach", "/no/such/file"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/file"));
+}
