@@ -170,6 +170,12 @@ impl ServiceBuilder {
         socket.set_linger(1000).map_err(transport)?;
         socket.set_sndhwm(1000).map_err(transport)?;
         socket.set_rcvhwm(1000).map_err(transport)?;
+        // No single frame larger than the attachment limit (plus the body's
+        // room) is even allocated: libzmq drops such a peer.
+        let max_frame = self.limits.max_total_bytes.saturating_add(1024 * 1024);
+        socket
+            .set_maxmsgsize(i64::try_from(max_frame).unwrap_or(i64::MAX))
+            .map_err(transport)?;
         socket.bind(&self.bind).map_err(|source| Error::Endpoint {
             endpoint: self.bind.clone(),
             source,
