@@ -3,8 +3,8 @@
 
 use pycom_client::service::{Interface, Method, Reply, Service};
 use pycom_client::{Binary, Code, Context, Error, Fault, Limits, RetryPolicy};
+use pycom_e2e::fixtures::{calc, Calc, Total};
 use pycom_e2e::{free_port, wait_until, Daemon};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,43 +19,6 @@ fn echo_interface() -> Interface {
     Interface::new("test.echo")
         .handle("echo", |req| Ok(req.args.clone().into()))
         .handle("whoami", |_req| Ok(json!(std::process::id()).into()))
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct Total {
-    pub total: i64,
-}
-
-pycom_client::interface! {
-    /// Arithmetic, declared once for client and server.
-    pub mod calc = "test.calc" {
-        /// Add a and b, and c when given.
-        fn add(a: i64, b: i64; c: i64) -> Total => [total];
-        /// Divide, refusing zero.
-        fn divide(a: i64, b: i64) -> i64;
-    }
-}
-
-struct Calc;
-
-impl calc::Handler for Calc {
-    fn add(
-        &self,
-        _r: &mut pycom_client::service::Request,
-        a: i64,
-        b: i64,
-        c: Option<i64>,
-    ) -> Result<Total, Fault> {
-        Ok(Total {
-            total: a + b + c.unwrap_or(0),
-        })
-    }
-    fn divide(&self, _r: &mut pycom_client::service::Request, a: i64, b: i64) -> Result<i64, Fault> {
-        if b == 0 {
-            return Err(Fault::bad_request("divide: b must not be 0"));
-        }
-        Ok(a / b)
-    }
 }
 
 #[test]

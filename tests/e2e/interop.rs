@@ -7,6 +7,7 @@
 
 use pycom_client::service::{Interface, Service};
 use pycom_client::{Code, Context, Fault};
+use pycom_e2e::fixtures::{calc, Calc};
 use pycom_e2e::{free_port, wait_until, Daemon};
 use serde_json::json;
 use std::path::PathBuf;
@@ -14,12 +15,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn python() -> Option<String> {
+    python_from("PYCOM_PYTHON", "pycom==0.3.2")
+}
+
+/// The interpreter named by `var`, or `None` when interop is skipped knowingly.
+fn python_from(var: &str, package: &str) -> Option<String> {
     if std::env::var("PYCOM_SKIP_INTEROP").as_deref() == Ok("1") {
-        eprintln!("PYCOM_SKIP_INTEROP=1: skipping the PyCOM 0.3.2 interop test");
+        eprintln!("PYCOM_SKIP_INTEROP=1: skipping a PyCOM interop test");
         return None;
     }
-    let python = std::env::var("PYCOM_PYTHON")
-        .expect("PYCOM_PYTHON must name a Python with pycom==0.3.2 installed: run bash tests/run.sh");
+    let python = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} must name a Python with {package} installed: run bash tests/run.sh")
+    });
     Some(python)
 }
 
@@ -31,15 +38,20 @@ fn script(name: &str) -> PathBuf {
 
 /// Run tests/interop/pycom_client.py against `service`; every check must hold.
 fn run_pycom_client(python: &str, nameserver: &str, service: &str) {
+    run_script(python, "pycom_client.py", &[nameserver, service]);
+}
+
+/// Run a script of tests/interop; it prints ALL OK when every check held.
+fn run_script(python: &str, name: &str, args: &[&str]) {
     let out = Command::new(python)
-        .arg(script("pycom_client.py"))
-        .args([nameserver, service])
+        .arg(script(name))
+        .args(args)
         .output()
-        .expect("run the PyCOM client");
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("ALL OK"),
-        "the PyCOM client failed against {service}:\n{stdout}\n{}",
+        "{name} {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -152,50 +164,11 @@ fn pycom_0_3_2_client_calls_a_rust_hosted_service() {
     run_pycom_client(&python, &d.endpoint, service);
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct Total {
-    pub total: i64,
-}
-
-pycom_client::interface! {
-    /// Arithmetic for PyCOM 0.4's proxy client.
-    pub mod calc = "test.calc" {
-        /// Add a and b, and c when given.
-        fn add(a: i64, b: i64; c: i64) -> Total => [total];
-        /// Divide, refusing zero.
-        fn divide(a: i64, b: i64) -> i64;
-    }
-}
-
-struct Calc;
-
-impl calc::Handler for Calc {
-    fn add(
-        &self,
-        _r: &mut pycom_client::service::Request,
-        a: i64,
-        b: i64,
-        c: Option<i64>,
-    ) -> Result<Total, Fault> {
-        Ok(Total {
-            total: a + b + c.unwrap_or(0),
-        })
-    }
-    fn divide(&self, _r: &mut pycom_client::service::Request, a: i64, b: i64) -> Result<i64, Fault> {
-        if b == 0 {
-            return Err(Fault::bad_request("divide: b must not be 0"));
-        }
-        Ok(a / b)
-    }
-}
-
 #[test]
 fn pycom_0_4_2_proxy_client_reads_rust_introspection() {
-    if std::env::var("PYCOM_SKIP_INTEROP").as_deref() == Ok("1") {
+    let Some(python) = python_from("PYCOM04_PYTHON", "pycom==0.4.2") else {
         return;
-    }
-    let python = std::env::var("PYCOM04_PYTHON")
-        .expect("PYCOM04_PYTHON must name a Python with pycom==0.4.2 installed: run bash tests/run.sh");
+    };
     let d = Daemon::start();
     let ctx = Context::new(&d.endpoint).unwrap();
     let _running = Service::builder("/test/calc")
@@ -203,15 +176,5 @@ fn pycom_0_4_2_proxy_client_reads_rust_introspection() {
         .interface(calc::interface(std::sync::Arc::new(Calc)))
         .start()
         .unwrap();
-    let out = Command::new(&python)
-        .arg(script("pycom04_proxy.py"))
-        .arg(&d.endpoint)
-        .output()
-        .expect("run the PyCOM 0.4.2 proxy client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "PyCOM 0.4.2's proxy failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script(&python, "pycom04_proxy.py", &[&d.endpoint]);
 }

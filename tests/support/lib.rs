@@ -5,6 +5,8 @@
 //! The binaries are taken from the target directory this test was built
 //! into (`cargo build --workspace` first; `tests/run.sh` does).
 
+pub mod fixtures;
+
 use pycom_client::{Connection, NameserverClient, Registration};
 use std::io::Read;
 use std::net::TcpListener;
