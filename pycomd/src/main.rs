@@ -113,13 +113,17 @@ fn run(settings: Settings, overrides: Overrides, log: logging::LogControl) -> Re
         ttl_ms: None,
     };
     let mut registry = Registry::new(me, settings.max_records);
-    let probed: Vec<(String, String)> = records
-        .iter()
-        .filter(|r| r.ttl_ms.is_none())
-        .map(|r| (r.service.clone(), r.address.clone()))
-        .collect();
     let restored = records.len();
     registry.restore(records, Instant::now());
+    let probed: Vec<ProbeCmd> = registry
+        .entries()
+        .filter(|e| !e.permanent && e.record.ttl_ms.is_none())
+        .map(|e| ProbeCmd::Watch {
+            service: e.record.service.clone(),
+            address: e.record.address.clone(),
+            generation: e.generation,
+        })
+        .collect();
 
     let store_counters = store.counters();
     let (store_tx, store_thread) = store.spawn(push(&ctx)?);
@@ -129,8 +133,8 @@ fn run(settings: Settings, overrides: Overrides, log: logging::LogControl) -> Re
         failures: settings.probe_failures,
     };
     let (probe_tx, probe_thread) = prober::spawn(ctx.clone(), probe_settings, push(&ctx)?);
-    for (service, address) in probed {
-        let _ = probe_tx.send(ProbeCmd::Watch { service, address });
+    for watch in probed {
+        let _ = probe_tx.send(watch);
     }
     let (signal_handle, signal_thread) = signals::spawn(push(&ctx)?)?;
 

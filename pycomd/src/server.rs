@@ -234,11 +234,15 @@ impl Server {
                     }
                 }
                 EVENT_UNREACHABLE => {
-                    if let [service, address] = rest {
-                        self.drop_unreachable(
-                            &String::from_utf8_lossy(service),
-                            &String::from_utf8_lossy(address),
-                        );
+                    if let [service, address, generation] = rest {
+                        let generation = <[u8; 8]>::try_from(generation.as_slice()).map(u64::from_le_bytes);
+                        if let Ok(generation) = generation {
+                            self.drop_unreachable(
+                                &String::from_utf8_lossy(service),
+                                &String::from_utf8_lossy(address),
+                                generation,
+                            );
+                        }
                     }
                 }
                 EVENT_SIGNAL => match rest.first().map(Vec::as_slice) {
@@ -260,8 +264,8 @@ impl Server {
         }
     }
 
-    fn drop_unreachable(&mut self, service: &str, address: &str) {
-        if let Some(op) = self.registry.drop_unreachable(service, address) {
+    fn drop_unreachable(&mut self, service: &str, address: &str, generation: u64) {
+        if let Some(op) = self.registry.drop_unreachable(service, generation) {
             info!(%service, %address, "dropped: probes unanswered");
             if let Err(fault) = self.persist(op, None) {
                 warn!("unreachable record stays on disk: {fault}");

@@ -42,6 +42,7 @@ fn apply(ctx: &mut Context, reg: Registration) -> Outcome {
         None => (
             json!({}),
             ProbeCmd::Watch {
+                generation: ctx.registry.generation(&record.service).unwrap_or(0),
                 service: record.service,
                 address: record.address,
             },

@@ -27,6 +27,9 @@ pub use store::StoreOp;
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub record: Record,
+    /// Which version of the name this is: every (re-)register makes a new
+    /// one, so a late verdict about an older version cannot touch it.
+    pub generation: u64,
     slot: Rc<Slot>,
     /// pycomd's own record: never stored, never expires, never replaced.
     pub permanent: bool,
@@ -38,6 +41,7 @@ impl Entry {
             .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default());
         Entry {
             record,
+            generation: 0,
             slot: Rc::new(Slot {
                 json,
                 deadline: Cell::new(deadline),
@@ -103,6 +107,7 @@ pub struct Registry {
     /// renewed; they are skipped when popped (cheaper than a decrease-key).
     deadlines: BinaryHeap<Reverse<(Instant, Rc<str>)>>,
     max_records: usize,
+    generations: u64,
 }
 
 impl Registry {
@@ -113,6 +118,7 @@ impl Registry {
             by_interface: Map::default(),
             deadlines: BinaryHeap::new(),
             max_records,
+            generations: 0,
         };
         registry.insert(Entry::new(self_record, None, true));
         registry
@@ -145,6 +151,11 @@ impl Registry {
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.records.values()
+    }
+
+    /// The live version of `service`, if registered.
+    pub fn generation(&self, service: &str) -> Option<u64> {
+        self.records.get(service).map(|e| e.generation)
     }
 
     /// Register or re-register. Returns the new record and what to persist.
@@ -211,10 +222,10 @@ impl Registry {
     }
 
     /// Drop a probed record whose address stopped answering, if it is still
-    /// the same record (not re-registered meanwhile).
-    pub fn drop_unreachable(&mut self, service: &str, address: &str) -> Option<StoreOp> {
+    /// the version the probes were about (not re-registered meanwhile).
+    pub fn drop_unreachable(&mut self, service: &str, generation: u64) -> Option<StoreOp> {
         let entry = self.records.get(service)?;
-        if entry.permanent || entry.record.address != address || entry.record.ttl_ms.is_some() {
+        if entry.permanent || entry.generation != generation || entry.record.ttl_ms.is_some() {
             return None;
         }
         self.remove_entry(service);
@@ -305,7 +316,9 @@ impl Registry {
             .map(|e| &e.record)
     }
 
-    fn insert(&mut self, entry: Entry) {
+    fn insert(&mut self, mut entry: Entry) {
+        self.generations += 1;
+        entry.generation = self.generations;
         // One shared copy of the name for the index, the heap and the map.
         let service: Rc<str> = Rc::from(entry.record.service.as_str());
         for interface in &entry.record.interfaces {
@@ -443,6 +456,25 @@ mod tests {
             r.renew("/s", "tcp://a:1", t1).unwrap_err().code,
             Code::ServiceNotFound
         );
+    }
+
+    #[test]
+    fn a_late_unreachable_verdict_spares_a_re_registered_record() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(reg("/p", "tcp://a:1", &["p"], true, None), now)
+            .unwrap();
+        let probed = r.generation("/p").unwrap();
+        // The service comes back and registers again before the verdict lands.
+        r.register(reg("/p", "tcp://a:1", &["p"], true, None), now)
+            .unwrap();
+        assert!(r.drop_unreachable("/p", probed).is_none());
+        let current = r.generation("/p").unwrap();
+        assert_eq!(
+            r.drop_unreachable("/p", current),
+            Some(StoreOp::Delete("/p".into()))
+        );
+        assert!(r.generation("/p").is_none());
     }
 
     #[test]

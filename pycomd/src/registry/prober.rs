@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-/// First frame of the event the prober sends: `[UNREACHABLE, service, address]`.
+/// First frame of the event the prober sends:
+/// `[UNREACHABLE, service, address, generation as 8 little-endian bytes]`.
 pub const EVENT_UNREACHABLE: &[u8] = b"UNREACHABLE";
 /// The interface probes call: one no service implements, so no user code runs.
 pub const PROBE_INTERFACE: &str = "org.pycom.probe";
@@ -24,8 +25,15 @@ const MAX_IDLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub enum ProbeCmd {
-    Watch { service: String, address: String },
-    Unwatch { service: String },
+    Watch {
+        service: String,
+        address: String,
+        /// The record's version (see `Entry::generation`).
+        generation: u64,
+    },
+    Unwatch {
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +45,7 @@ pub struct ProbeSettings {
 
 struct Target {
     address: String,
+    generation: u64,
     socket: Option<zmq::Socket>,
     failures: u32,
     /// When the probe in flight was sent.
@@ -94,13 +103,22 @@ impl Prober {
 
     fn apply(&mut self, cmd: ProbeCmd) {
         match cmd {
-            ProbeCmd::Watch { service, address } => {
-                if self.targets.get(&service).is_some_and(|t| t.address == address) {
-                    return;
+            ProbeCmd::Watch {
+                service,
+                address,
+                generation,
+            } => {
+                if let Some(t) = self.targets.get_mut(&service) {
+                    if t.address == address {
+                        // Re-registered at the same address: keep probing as before.
+                        t.generation = generation;
+                        return;
+                    }
                 }
                 debug!(%service, %address, "probing");
                 let target = Target {
                     address,
+                    generation,
                     socket: None,
                     failures: 0,
                     in_flight: None,
@@ -195,7 +213,13 @@ impl Prober {
         }
         for service in unreachable {
             if let Some(target) = self.targets.remove(&service) {
-                let frames: [&[u8]; 3] = [EVENT_UNREACHABLE, service.as_bytes(), target.address.as_bytes()];
+                let generation = target.generation.to_le_bytes();
+                let frames: [&[u8]; 4] = [
+                    EVENT_UNREACHABLE,
+                    service.as_bytes(),
+                    target.address.as_bytes(),
+                    &generation,
+                ];
                 if let Err(e) = self.events.send_multipart(frames, 0) {
                     warn!(%service, "cannot report an unreachable service: {e}");
                 }
