@@ -166,12 +166,12 @@ fn renewal_keeps_a_service_registered_across_many_lease_periods() {
     let ctx = ctx(&d);
     let _svc = Service::builder("/test/renewed")
         .context(ctx.clone())
-        .lease(Duration::from_millis(300))
+        .lease(Duration::from_millis(500))
         .interface(echo_interface())
         .start()
         .unwrap();
     let mut ns = d.ns();
-    let until = Instant::now() + Duration::from_millis(3000);
+    let until = Instant::now() + Duration::from_millis(4000);
     while Instant::now() < until {
         assert!(ns.locate("test.echo", None).is_ok(), "the lease must be renewed");
         std::thread::sleep(Duration::from_millis(50));
@@ -317,7 +317,7 @@ fn counter_interface() -> Interface {
 fn sessions_are_per_client_and_expire() {
     let d = Daemon::start();
     let ctx = ctx(&d);
-    let idle = Duration::from_millis(300);
+    let idle = Duration::from_millis(1000);
     let _svc = Service::builder("/test/sessions")
         .context(ctx.clone())
         .sessions(idle, 100)

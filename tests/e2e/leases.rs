@@ -76,7 +76,7 @@ fn ttl_out_of_bounds_is_code_4() {
 
 const FAST_PROBES: &[(&str, &str)] = &[
     ("PYCOMD_PROBE_INTERVAL_MS", "100"),
-    ("PYCOMD_PROBE_TIMEOUT_MS", "100"),
+    ("PYCOMD_PROBE_TIMEOUT_MS", "250"),
     ("PYCOMD_PROBE_FAILURES", "3"),
 ];
 
