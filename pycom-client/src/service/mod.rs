@@ -235,7 +235,7 @@ impl ServiceBuilder {
             workers: self.workers,
             max_message_bytes: self.limits.max_total_bytes.saturating_add(1024 * 1024),
             stop: stop.clone(),
-            sessions_of: shared,
+            shared,
         };
         let router_thread = std::thread::Builder::new()
             .name("pycom-router".into())
@@ -332,7 +332,8 @@ struct RouterLoop {
     workers: usize,
     max_message_bytes: usize,
     stop: Arc<AtomicBool>,
-    sessions_of: Arc<Shared>,
+    /// For the periodic sweep of idle sessions.
+    shared: Arc<Shared>,
 }
 
 impl RouterLoop {
@@ -363,7 +364,7 @@ impl RouterLoop {
                 self.accept();
             }
             if last_sweep.elapsed() > Duration::from_secs(1) {
-                self.sessions_of.sessions.sweep(std::time::Instant::now());
+                self.shared.sessions.sweep(std::time::Instant::now());
                 last_sweep = std::time::Instant::now();
             }
         }
