@@ -203,7 +203,7 @@ impl Component {
                                 // The next call starts a new session.
                                 self.session_id = None;
                             }
-                            Err(Error::Remote(fault))
+                            Err(Error::from(fault))
                         }
                     };
                 }

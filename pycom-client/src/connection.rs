@@ -59,10 +59,10 @@ impl Connection {
     }
 
     /// Call `interface.method(args)` and return its result, or the remote
-    /// error as [`Error::Remote`].
+    /// error as the [`Error`] variant of its code.
     pub fn invoke(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
         let reply = self.call(&Request::new(interface, method, args), &[])?;
-        reply.response.result.map_err(Error::Remote)
+        reply.response.result.map_err(Error::from)
     }
 
     /// Send a request with attachments and wait for the whole reply.

@@ -2,12 +2,31 @@
 
 use crate::proto::{Code, Fault, ResponseError};
 
-/// What went wrong with a call: the remote side's answer, or the way there.
+/// What went wrong with a call: the remote side's answer (one variant per
+/// result code, each with the peer's message), or the way there.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The peer answered with a non-zero result code.
-    #[error("{}", .0.message)]
-    Remote(Fault),
+    /// Code 2: the interface is known, the method is not.
+    #[error("{0}")]
+    MethodNotFound(String),
+    /// Code 3: nothing live provides what was asked.
+    #[error("{0}")]
+    ServiceNotFound(String),
+    /// Code 4: the request was wrong (a field, a size, a pattern).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Code 5: not allowed (credentials, or not the owner).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Code 6: the session is unknown or expired; the next call starts a new one.
+    #[error("{0}")]
+    SessionExpired(String),
+    /// Code 7: temporarily unable; a retry may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Code 1, or a code this crate does not know: the remote side failed.
+    #[error("{0}")]
+    Remote(String),
     /// The peer answered `FAIL`: it could not understand the request at all.
     #[error("{endpoint} could not understand the request{}", fail_detail(.message))]
     Failed {
@@ -67,10 +86,16 @@ fn fail_detail(message: &str) -> String {
 impl Error {
     /// The result code of a remote error, if this is one.
     pub fn code(&self) -> Option<Code> {
-        match self {
-            Error::Remote(f) => Some(f.code),
-            _ => None,
-        }
+        Some(match self {
+            Error::MethodNotFound(_) => Code::MethodNotFound,
+            Error::ServiceNotFound(_) => Code::ServiceNotFound,
+            Error::BadRequest(_) => Code::BadRequest,
+            Error::AccessDenied(_) => Code::AccessDenied,
+            Error::SessionExpired(_) => Code::SessionExpired,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Remote(_) => Code::Unknown,
+            _ => return None,
+        })
     }
 
     /// True when the peer could not be reached or did not answer in time.
@@ -94,3 +119,42 @@ impl Error {
 
 /// A result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Fault> for Error {
+    fn from(fault: Fault) -> Error {
+        let message = fault.message;
+        match fault.code {
+            Code::MethodNotFound => Error::MethodNotFound(message),
+            Code::ServiceNotFound => Error::ServiceNotFound(message),
+            Code::BadRequest => Error::BadRequest(message),
+            Code::AccessDenied => Error::AccessDenied(message),
+            Code::SessionExpired => Error::SessionExpired(message),
+            Code::Unavailable => Error::Unavailable(message),
+            Code::Unknown | Code::Ok => Error::Remote(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_variant_and_back() {
+        for code in [
+            Code::Unknown,
+            Code::MethodNotFound,
+            Code::ServiceNotFound,
+            Code::BadRequest,
+            Code::AccessDenied,
+            Code::SessionExpired,
+            Code::Unavailable,
+        ] {
+            let err = Error::from(Fault::new(code, "why"));
+            assert_eq!(err.code(), Some(code));
+            assert_eq!(err.to_string(), "why");
+        }
+        assert!(matches!(Error::from(Fault::not_found("x")), Error::ServiceNotFound(m) if m == "x"));
+        assert_eq!(Error::Data("d".into()).code(), None);
+    }
+}

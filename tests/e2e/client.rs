@@ -35,6 +35,10 @@ fn typed_proxy_calls_and_errors_map_to_codes() {
     assert_eq!(calc.add(2, 3, Some(4)).unwrap().total, 9);
     assert_eq!(calc.divide(9, 3).unwrap(), 3);
     let err = calc.divide(1, 0).unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRequest(m) if m.contains("b must not be 0")),
+        "{err:?}"
+    );
     assert_eq!(err.code(), Some(Code::BadRequest));
     assert!(err.to_string().contains("b must not be 0"));
 
