@@ -39,7 +39,7 @@ impl Load<'_> {
         let started = Instant::now();
         let deadline = started + self.duration;
         let done = std::sync::atomic::AtomicU64::new(0);
-        let results: Vec<Result<Measured, String>> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let handles: Vec<_> = (0..self.clients)
                 .map(|c| {
                     let done = &done;
@@ -64,15 +64,8 @@ impl Load<'_> {
                 }
                 eprint!("\r{:80}\r", "");
             }
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a client thread panicked".into()))
-                })
-                .collect()
-        });
-        Measured::merge(results, self.duration)
+            Measured::join(handles, self.duration)
+        })
     }
 
     fn client(
@@ -161,14 +154,19 @@ pub struct Summary {
 }
 
 impl Measured {
-    /// One run's figures from its clients' figures.
-    pub fn merge(clients: Vec<Result<Measured, String>>, elapsed: Duration) -> Result<Measured, String> {
+    /// One run's figures: wait for its client threads and add theirs up.
+    pub fn join<'s>(
+        clients: Vec<std::thread::ScopedJoinHandle<'s, Result<Measured, String>>>,
+        elapsed: Duration,
+    ) -> Result<Measured, String> {
         let mut total = Measured {
             elapsed,
             ..Measured::default()
         };
         for client in clients {
-            let m = client?;
+            let m = client
+                .join()
+                .unwrap_or_else(|_| Err("a client thread panicked".into()))?;
             total.ok += m.ok;
             total.errors += m.errors;
             total.latencies_us.extend(m.latencies_us);

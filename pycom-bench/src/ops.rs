@@ -120,7 +120,7 @@ pub fn invoke_with_components(
 ) -> Result<Measured, String> {
     let ctx = Context::new("tcp://127.0.0.1:1").map_err(|e| e.to_string())?;
     let deadline = Instant::now() + duration;
-    let results: Vec<Result<Measured, String>> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 let ctx = ctx.clone();
@@ -143,13 +143,6 @@ pub fn invoke_with_components(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a client thread panicked".into()))
-            })
-            .collect()
-    });
-    Measured::merge(results, duration)
+        Measured::join(handles, duration)
+    })
 }

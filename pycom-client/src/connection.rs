@@ -87,10 +87,7 @@ impl Connection {
         let writable = self
             .socket
             .poll(zmq::POLLOUT, ms)
-            .map_err(|source| Error::Transport {
-                endpoint: self.endpoint.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport(source))?;
         if writable == 0 {
             self.reset()?;
             return Err(self.timeout_error());
@@ -100,10 +97,7 @@ impl Connection {
             self.reset()?;
             return Err(match source {
                 zmq::Error::EAGAIN => self.timeout_error(),
-                source => Error::Transport {
-                    endpoint: self.endpoint.clone(),
-                    source,
-                },
+                source => self.transport(source),
             });
         }
         let parts = match self.recv_until(deadline) {
@@ -123,15 +117,12 @@ impl Connection {
             let ready = self
                 .socket
                 .poll(zmq::POLLIN, ms)
-                .map_err(|source| Error::Transport {
-                    endpoint: self.endpoint.clone(),
-                    source,
-                })?;
+                .map_err(|source| self.transport(source))?;
             if ready > 0 {
-                return self.socket.recv_multipart(0).map_err(|source| Error::Transport {
-                    endpoint: self.endpoint.clone(),
-                    source,
-                });
+                return self
+                    .socket
+                    .recv_multipart(0)
+                    .map_err(|source| self.transport(source));
             }
             if Instant::now() >= deadline {
                 return Err(self.timeout_error());
@@ -163,6 +154,13 @@ impl Connection {
             response,
             attachments: parts,
         })
+    }
+
+    fn transport(&self, source: zmq::Error) -> Error {
+        Error::Transport {
+            endpoint: self.endpoint.clone(),
+            source,
+        }
     }
 
     fn timeout_error(&self) -> Error {
