@@ -100,8 +100,10 @@ impl Outbox {
         self.replies.push((envelope, status, body));
     }
 
-    /// Send everything queued (see [`send`] for what happens to slow peers).
-    pub fn flush(&mut self, socket: &zmq::Socket) {
+    /// Send everything queued (see [`send`] for what happens to slow
+    /// peers). Returns how many replies were dropped.
+    pub fn flush(&mut self, socket: &zmq::Socket) -> u64 {
+        let mut dropped = 0;
         for (envelope, status, body) in self.replies.drain(..) {
             let sent = envelope
                 .into_iter()
@@ -109,8 +111,10 @@ impl Outbox {
                 .and_then(|()| socket.send(status, zmq::SNDMORE | zmq::DONTWAIT))
                 .and_then(|()| socket.send(body, zmq::DONTWAIT));
             if let Err(e) = sent {
+                dropped += 1;
                 tracing::debug!("reply dropped: {e}");
             }
         }
+        dropped
     }
 }

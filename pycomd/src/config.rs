@@ -42,7 +42,18 @@ pub struct Settings {
     /// Messages queued per peer, each way, before pycomd drops (outgoing) or
     /// stops reading (incoming): what bounds memory against slow peers.
     pub high_water_mark: i32,
+    /// Log bytes written between snapshots (more once the state is larger).
+    pub snapshot_log_bytes: u64,
+    /// Size at which a log segment is closed and a new one started.
+    pub log_segment_bytes: u64,
+    /// Acknowledge writes without fdatasync. Loses acknowledged changes on
+    /// power loss: for tests and throw-away setups only.
+    pub unsafe_no_fsync: bool,
 }
+
+/// Settings a SIGHUP applies to the running pycomd; every other setting
+/// takes effect on restart.
+pub const LIVE: &[&str] = &["log_level", "max_message_bytes", "ttl_min_ms", "ttl_max_ms"];
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -59,6 +70,9 @@ impl Default for Settings {
             probe_timeout_ms: 2_000,
             probe_failures: 3,
             high_water_mark: 1_000,
+            snapshot_log_bytes: 64 * 1024 * 1024,
+            log_segment_bytes: 32 * 1024 * 1024,
+            unsafe_no_fsync: false,
         }
     }
 }
@@ -155,7 +169,39 @@ impl Settings {
         if self.max_records == 0 {
             return Err("max_records must be at least 1".into());
         }
+        if self.log_segment_bytes < 4096 || self.snapshot_log_bytes < 4096 {
+            return Err("log_segment_bytes and snapshot_log_bytes must be at least 4096".into());
+        }
         Ok(())
+    }
+
+    /// The running settings after a reload to `new`: the [`LIVE`] ones
+    /// taken from `new`, the rest kept. Returns them with the names of the
+    /// settings applied and of those changed that need a restart.
+    pub fn reload(&self, new: &Settings) -> Result<(Settings, Vec<String>, Vec<String>), String> {
+        let as_map = |s: &Settings| match serde_json::to_value(s) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err("settings do not serialize to an object".to_string()),
+        };
+        let (mut running, new) = (as_map(self)?, as_map(new)?);
+        let (mut applied, mut restart) = (Vec::new(), Vec::new());
+        for (name, value) in new {
+            if running.get(&name) == Some(&value) {
+                continue;
+            }
+            if LIVE.contains(&name.as_str()) {
+                match &value {
+                    serde_json::Value::String(v) => applied.push(format!("{name} = {v}")),
+                    other => applied.push(format!("{name} = {other}")),
+                }
+                running.insert(name, value);
+            } else {
+                restart.push(name);
+            }
+        }
+        let settings = serde_json::from_value(serde_json::Value::Object(running))
+            .map_err(|e| format!("reloaded settings do not fit: {e}"))?;
+        Ok((settings, applied, restart))
     }
 }
 

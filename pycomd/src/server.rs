@@ -1,21 +1,26 @@
-//! The server thread: owns the ROUTER socket and the registry.
+//! The server thread: the ROUTER socket, the registry, the lease table.
 //!
-//! One loop: wait on the ROUTER socket and the events socket (replies the
-//! store has made durable, unreachable services from the prober, signals),
-//! answer requests, expire leases. Nothing here blocks on a peer or a disk.
+//! One loop, one `zmq::poll` on the request socket and the mailbox:
+//! requests are decoded and handed to the nameserver's handlers; a
+//! handler's write goes to the log, and its reply waits until the log hands
+//! the command back durable, when it is applied and answered. Leases that
+//! run out are proposed as `Expire`, probe verdicts as `ProbeFailed`: the
+//! state changes in one place only, [`Server::commit`]. Nothing here blocks
+//! on a peer or a disk.
 
 use crate::config::{Overrides, Settings};
+use crate::leases::Leases;
+use crate::log::{Committed, Log, Proposal, Refused, ReplyTo};
 use crate::logging::LogControl;
-use crate::nameserver::{self, Context, Outcome, Stats};
+use crate::mailbox::{Event, Mailbox, Signal};
+use crate::nameserver::{self, Context, Plan, Stats};
 use crate::notify;
-use crate::registry::prober::{ProbeCmd, EVENT_UNREACHABLE};
-use crate::registry::store::{PendingReply, StoreJob, EVENT_ACK, EVENT_STORE_DONE};
-use crate::registry::{Registry, StoreOp};
-use crate::signals::EVENT_SIGNAL;
+use crate::prober::ProbeCmd;
+use crate::registry::{Applied, ChangeKind, Command, Registry};
 use pycom_client::nameserver::INTERFACE;
 use pycom_client::proto::{self, DecodeError, Fault};
 use pycom_client::router::{self, Incoming, Outbox};
-use std::sync::mpsc::{Sender, SyncSender, TrySendError};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -26,42 +31,52 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 
 pub struct Server {
     pub router: zmq::Socket,
-    pub events: zmq::Socket,
+    pub mailbox: Mailbox,
     pub registry: Registry,
+    pub leases: Leases,
+    pub log: Box<dyn Log>,
+    pub prober: Sender<ProbeCmd>,
     pub settings: Settings,
     pub overrides: Overrides,
-    pub log: LogControl,
-    pub store: Option<SyncSender<StoreJob>>,
-    pub prober: Sender<ProbeCmd>,
+    pub log_control: LogControl,
     pub stats: Stats,
     /// Replies of the batch being handled, sent when it ends.
     pub outbox: Outbox,
+    /// When dropped replies were last logged.
+    pub drops_logged: Option<Instant>,
 }
 
-/// What the loop does after reading events.
-#[derive(PartialEq)]
+/// How the server stopped.
+#[derive(Debug, Default)]
+pub struct Stopped {
+    /// Writes that could not be made durable after the stop began.
+    pub unwritten: u64,
+}
+
 enum Flow {
     Serve,
-    Stop,
-    Stopped,
+    /// A stop signal came: no more requests; waiting for the log to drain.
+    Draining {
+        unwritten: u64,
+    },
+    Stopped(Stopped),
 }
 
 impl Server {
-    pub fn run(mut self) {
+    pub fn run(mut self) -> Stopped {
         let mut flow = Flow::Serve;
-        while flow != Flow::Stopped {
-            self.expire(Instant::now());
-            let wait = self.registry.next_deadline().map_or(MAX_WAIT, |d| {
-                d.saturating_duration_since(Instant::now()).min(MAX_WAIT)
-            });
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            let wait = self
+                .leases
+                .next_wakeup()
+                .map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
             // Round up: waking a millisecond early would spin until the deadline.
             let wait_ms = i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(500);
-            let serving = flow == Flow::Serve;
-            let (router_ready, events_ready) = {
-                let mut items = [
-                    self.events.as_poll_item(zmq::POLLIN),
-                    self.router.as_poll_item(zmq::POLLIN),
-                ];
+            let serving = matches!(flow, Flow::Serve);
+            let (mail, requests) = {
+                let mut items = [self.mailbox.as_poll_item(), self.router.as_poll_item(zmq::POLLIN)];
                 let n = if serving { 2 } else { 1 };
                 match zmq::poll(&mut items[..n], wait_ms) {
                     Ok(_) => {}
@@ -72,20 +87,34 @@ impl Server {
                         continue;
                     }
                 }
-                (serving && items[1].is_readable(), items[0].is_readable())
+                (items[0].is_readable(), serving && items[1].is_readable())
             };
-            if events_ready {
-                let next = self.drain_events();
-                if next != Flow::Serve {
-                    flow = next;
+            if mail {
+                flow = self.read_mail(flow);
+            }
+            if requests && matches!(flow, Flow::Serve) {
+                self.serve_batch();
+            }
+            let dropped = self.outbox.flush(&self.router);
+            if dropped > 0 {
+                self.stats.dropped_replies += dropped;
+                // One line a second at most, however hard a peer floods.
+                if self
+                    .drops_logged
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
+                    self.drops_logged = Some(Instant::now());
+                    warn!(
+                        total = self.stats.dropped_replies,
+                        "replies dropped: their peers are gone or not reading (high_water_mark = {})",
+                        self.settings.high_water_mark
+                    );
                 }
             }
-            if router_ready && flow == Flow::Serve {
-                self.serve_batch();
-                self.outbox.flush(&self.router);
+            if let Flow::Stopped(stopped) = flow {
+                return stopped;
             }
         }
-        info!("all registry writes flushed; pycomd stopped");
     }
 
     fn serve_batch(&mut self) {
@@ -115,8 +144,7 @@ impl Server {
                 "request of {size} bytes exceeds max_message_bytes = {}",
                 self.settings.max_message_bytes
             ));
-            self.reply_now(envelope, Err(&fault));
-            return;
+            return self.reply_fault(envelope, &fault);
         }
         let request = match proto::decode_call(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..])) {
             Ok(request) => request,
@@ -128,8 +156,7 @@ impl Server {
                 return;
             }
             Err(DecodeError::Body(message)) => {
-                self.reply_now(envelope, Err(&Fault::bad_request(message)));
-                return;
+                return self.reply_fault(envelope, &Fault::bad_request(message));
             }
         };
         if request.interface != INTERFACE {
@@ -137,200 +164,212 @@ impl Server {
                 "pycomd serves only {INTERFACE}, not '{}': locate the service through it and call it directly",
                 request.interface
             ));
-            self.reply_now(envelope, Err(&fault));
-            return;
+            return self.reply_fault(envelope, &fault);
         }
         let mut ctx = Context {
-            registry: &mut self.registry,
+            registry: &self.registry,
+            leases: &mut self.leases,
             settings: &self.settings,
             stats: &self.stats,
+            log: self.log.stats(),
             now,
         };
-        let outcome = nameserver::dispatch(&mut ctx, &request.method, request.args);
-        debug!(method = %request.method, ok = outcome.result.is_ok(), "request");
-        self.finish(envelope, outcome);
-    }
-
-    fn finish(&mut self, envelope: Vec<zmq::Message>, outcome: Outcome) {
-        let Outcome { result, write, probe } = outcome;
-        if let Some(cmd) = probe {
-            // The prober only stops when pycomd does.
-            let _ = self.prober.send(cmd);
-        }
-        let body = match result {
-            Ok(body) => body,
-            Err(fault) => return self.reply_now(envelope, Err(&fault)),
-        };
-        let Some(op) = write else {
-            self.outbox.push(envelope, proto::STATUS_OK, body);
-            return;
-        };
-        let reply = PendingReply {
-            envelope: envelope.iter().map(|m| m.to_vec()).collect(),
-            ok_body: body,
-        };
-        if let Err(fault) = self.persist(op, Some(reply)) {
-            self.reply_now(envelope, Err(&fault));
+        let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
+        debug!(method = %request.method, "request");
+        match plan {
+            Plan::Read(Ok(body)) => self.outbox.push(envelope, proto::STATUS_OK, body),
+            Plan::Read(Err(fault)) => self.reply_fault(envelope, &fault),
+            Plan::Write(command) => self.propose(command, Some(ReplyTo { envelope })),
         }
     }
 
-    /// Queue a write; its reply (if any) goes out once the write is flushed.
-    fn persist(&mut self, op: StoreOp, reply: Option<PendingReply>) -> Result<(), Fault> {
-        let Some(store) = &self.store else {
-            return Err(Fault::unavailable(
-                "pycomd is shutting down; retry against its successor",
-            ));
-        };
-        match store.try_send(StoreJob { op, reply }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                warn!("the store's queue is full; a write was refused");
-                Err(Fault::unavailable(
-                    "pycomd has too many writes waiting for the disk; retry shortly",
-                ))
+    /// Hand a command to the log. If it cannot even be queued, it changes
+    /// nothing: answer its fault (or, for an expiry, try again later).
+    fn propose(&mut self, command: Command, reply: Option<ReplyTo>) {
+        if let Err(refused) = self.log.propose(Proposal { command, reply }) {
+            let Refused { proposal, fault } = *refused;
+            self.not_written(proposal, &fault);
+        }
+    }
+
+    fn not_written(&mut self, proposal: Proposal, fault: &Fault) {
+        match (&proposal.command, proposal.reply) {
+            (_, Some(reply)) => self.reply_fault(reply.envelope, fault),
+            (Command::Expire { service, .. }, None) => self.leases.retry(service, Instant::now()),
+            (Command::ProbeFailed { service, revision }, None) => {
+                // Probe it again: the verdict will come back.
+                if let Some(record) = self.registry.state().get(service) {
+                    let _ = self.prober.send(ProbeCmd::Watch {
+                        service: service.clone(),
+                        address: record.address.clone(),
+                        revision: *revision,
+                    });
+                }
             }
-            Err(TrySendError::Disconnected(_)) => {
-                error!("the store thread is gone");
-                Err(Fault::unavailable("pycomd cannot write its registry"))
-            }
+            (command, None) => warn!(
+                command = command.name(),
+                "a write was not made: {}", fault.message
+            ),
         }
     }
 
-    /// Answer with a fault.
-    fn reply_now(&mut self, envelope: Vec<zmq::Message>, fault: Result<(), &Fault>) {
-        let Err(fault) = fault else { return };
+    fn reply_fault(&mut self, envelope: Vec<zmq::Message>, fault: &Fault) {
         self.stats.faults += 1;
         self.outbox
             .push(envelope, proto::STATUS_OK, proto::encode_fault(fault, None));
     }
 
+    /// Leases that ran out: propose their expiry (reads already skip them).
     fn expire(&mut self, now: Instant) {
-        for record in self.registry.expire(now) {
-            info!(service = %record.service, address = %record.address, "lease expired");
-            if let Err(fault) = self.persist(StoreOp::Delete(record.service), None) {
-                warn!("expired record stays on disk until it expires again after a restart: {fault}");
-            }
+        for (service, revision) in self.leases.due(now) {
+            self.propose(Command::Expire { service, revision }, None);
         }
     }
 
-    fn drain_events(&mut self) -> Flow {
-        let mut flow = Flow::Serve;
-        loop {
-            let frames = match self.events.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => frames,
-                Err(zmq::Error::EAGAIN) => return flow,
-                Err(e) => {
-                    error!("events socket failed: {e}");
-                    return flow;
-                }
-            };
-            let Some((kind, rest)) = frames.split_first() else {
-                continue;
-            };
-            match kind.as_slice() {
-                EVENT_ACK => {
-                    if let Err(e) = self.router.send_multipart(rest, zmq::DONTWAIT) {
-                        debug!("acknowledgement dropped: {e}");
+    fn read_mail(&mut self, mut flow: Flow) -> Flow {
+        let events: Vec<Event> = self.mailbox.drain().collect();
+        for event in events {
+            match event {
+                Event::Committed(entries) => {
+                    for entry in entries {
+                        self.commit(entry);
                     }
                 }
-                EVENT_UNREACHABLE => {
-                    if let [service, address, generation] = rest {
-                        let generation = <[u8; 8]>::try_from(generation.as_slice()).map(u64::from_le_bytes);
-                        if let Ok(generation) = generation {
-                            self.drop_unreachable(
-                                &String::from_utf8_lossy(service),
-                                &String::from_utf8_lossy(address),
-                                generation,
-                            );
-                        }
+                Event::NotDurable { proposals, error } => {
+                    if let Flow::Draining { unwritten } = &mut flow {
+                        *unwritten += proposals.len() as u64;
+                    }
+                    for proposal in proposals {
+                        let fault = Fault::unavailable(format!(
+                            "{}: not written, nothing was changed: {error}",
+                            proposal.command.name()
+                        ));
+                        self.not_written(proposal, &fault);
                     }
                 }
-                EVENT_SIGNAL => match rest.first().map(Vec::as_slice) {
-                    Some(b"HUP") => self.reload(),
-                    Some(name) if flow == Flow::Serve => {
-                        info!(signal = %String::from_utf8_lossy(name), "stopping: flushing registry writes");
+                Event::LogStopped { failed_batches } => {
+                    let unwritten = match flow {
+                        Flow::Draining { unwritten } => unwritten,
+                        _ => 0,
+                    };
+                    if failed_batches > 0 {
+                        warn!(failed_batches, "the log stopped after writes that failed");
+                    }
+                    flow = Flow::Stopped(Stopped { unwritten });
+                }
+                Event::Unreachable {
+                    service,
+                    address,
+                    revision,
+                } => {
+                    debug!(%service, %address, "probes unanswered");
+                    self.propose(Command::ProbeFailed { service, revision }, None);
+                }
+                Event::Signal(Signal::Reload) => self.reload(),
+                Event::Signal(Signal::Stop(name)) => {
+                    if matches!(flow, Flow::Serve) {
+                        info!(signal = name, "stopping: answering the writes in flight");
                         notify::stopping();
-                        // Closing the queue lets the store write what it has, then stop.
-                        self.store = None;
-                        flow = Flow::Stop;
+                        self.log.close();
+                        flow = Flow::Draining { unwritten: 0 };
                     }
-                    // A second TERM while stopping changes nothing.
-                    Some(_) => {}
-                    None => {}
-                },
-                EVENT_STORE_DONE => return Flow::Stopped,
-                other => warn!("unknown internal event {}", proto::printable(other)),
+                }
             }
         }
+        flow
     }
 
-    fn drop_unreachable(&mut self, service: &str, address: &str, generation: u64) {
-        if let Some(op) = self.registry.drop_unreachable(service, generation) {
-            info!(%service, %address, "dropped: probes unanswered");
-            if let Err(fault) = self.persist(op, None) {
-                warn!("unreachable record stays on disk: {fault}");
+    /// Apply one durable command, answer it, and let everything that
+    /// depends on the state follow the change.
+    fn commit(&mut self, entry: Committed) {
+        let Committed {
+            log_id,
+            command,
+            reply,
+        } = entry;
+        let (result, changes) = self.registry.apply(&command);
+        let now = Instant::now();
+        for change in &changes {
+            let record = &change.record;
+            let what = match change.kind {
+                ChangeKind::Registered => "registered",
+                ChangeKind::Updated => "updated",
+                ChangeKind::Unregistered => "unregistered",
+                ChangeKind::Expired => "lease expired",
+                ChangeKind::Dropped => "dropped: probes unanswered",
+            };
+            info!(
+                service = %record.service,
+                address = %record.address,
+                interfaces = ?record.interfaces,
+                revision = change.revision,
+                "{what}"
+            );
+            if change.removes() {
+                self.leases.revoke(&record.service);
+                let _ = self.prober.send(ProbeCmd::Unwatch {
+                    service: record.service.clone(),
+                });
             }
+        }
+        if let Ok(Applied::Registered(record)) = &result {
+            match record.ttl_ms {
+                Some(ttl) => {
+                    self.leases.grant(&record.service, record.revision, ttl, now);
+                    let _ = self.prober.send(ProbeCmd::Unwatch {
+                        service: record.service.clone(),
+                    });
+                }
+                None => {
+                    self.leases.revoke(&record.service);
+                    let _ = self.prober.send(ProbeCmd::Watch {
+                        service: record.service.clone(),
+                        address: record.address.clone(),
+                        revision: record.revision,
+                    });
+                }
+            }
+        }
+        if let Err(fault) = &result {
+            debug!(
+                index = log_id.index,
+                command = command.name(),
+                "refused when applied: {}",
+                fault.message
+            );
+        }
+        if let Some(reply) = reply {
+            if result.is_err() {
+                self.stats.faults += 1;
+            }
+            self.outbox
+                .push(reply.envelope, proto::STATUS_OK, nameserver::written(&result));
         }
     }
 
     /// SIGHUP: re-read the configuration and apply what can change live.
     fn reload(&mut self) {
-        let new = match Settings::load(&self.overrides) {
-            Ok(new) => new,
+        let reloaded = Settings::load(&self.overrides).and_then(|new| self.settings.reload(&new));
+        let (new, applied, restart) = match reloaded {
+            Ok(r) => r,
             Err(e) => {
                 error!("reload failed, keeping the running configuration: {e}");
                 return;
             }
         };
-        let old = &mut self.settings;
-        let mut applied = Vec::new();
-        if new.log_level != old.log_level {
-            match self.log.set_level(&new.log_level) {
-                Ok(done) => {
-                    applied.push(done);
-                    old.log_level = new.log_level.clone();
-                }
-                Err(e) => error!("reload: {e}"),
+        if new.log_level != self.settings.log_level {
+            if let Err(e) = self.log_control.set_level(&new.log_level) {
+                error!("reload: {e}");
             }
         }
-        if new.max_message_bytes != old.max_message_bytes {
-            applied.push(format!("max_message_bytes = {}", new.max_message_bytes));
-            old.max_message_bytes = new.max_message_bytes;
-        }
-        if (new.ttl_min_ms, new.ttl_max_ms) != (old.ttl_min_ms, old.ttl_max_ms) {
-            applied.push(format!(
-                "ttl_min_ms = {}, ttl_max_ms = {}",
-                new.ttl_min_ms, new.ttl_max_ms
-            ));
-            old.ttl_min_ms = new.ttl_min_ms;
-            old.ttl_max_ms = new.ttl_max_ms;
-        }
-        let needs_restart: Vec<&str> = [
-            ("listen", new.listen != old.listen),
-            ("data_dir", new.data_dir != old.data_dir),
-            ("log_format", new.log_format != old.log_format),
-            ("max_records", new.max_records != old.max_records),
-            (
-                "probe_interval_ms",
-                new.probe_interval_ms != old.probe_interval_ms,
-            ),
-            ("probe_timeout_ms", new.probe_timeout_ms != old.probe_timeout_ms),
-            ("probe_failures", new.probe_failures != old.probe_failures),
-            ("high_water_mark", new.high_water_mark != old.high_water_mark),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect();
+        self.settings = new;
         if applied.is_empty() {
             info!("reloaded configuration: nothing that can change live has changed");
         } else {
             info!("reloaded configuration: {}", applied.join("; "));
         }
-        if !needs_restart.is_empty() {
-            warn!(
-                "changed but only applied on restart: {}",
-                needs_restart.join(", ")
-            );
+        if !restart.is_empty() {
+            warn!("changed but only applied on restart: {}", restart.join(", "));
         }
     }
 }

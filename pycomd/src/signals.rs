@@ -1,16 +1,14 @@
-//! Signals become events on the server's events socket, so the server
+//! Signals become [`Event::Signal`]s in the server's mailbox, so the server
 //! handles them in its own loop, between requests.
 
+use crate::mailbox::{Event, Poster, Signal};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 use std::thread::JoinHandle;
 
-/// First frame of a signal event: `[SIGNAL, name]`.
-pub const EVENT_SIGNAL: &[u8] = b"SIGNAL";
-
-/// Forward SIGTERM, SIGINT and SIGHUP to `events` (a connected PUSH
-/// socket). Close the returned handle to stop the thread.
-pub fn spawn(events: zmq::Socket) -> Result<(Handle, JoinHandle<()>), String> {
+/// Forward SIGTERM, SIGINT and SIGHUP to the server. Close the returned
+/// handle to stop the thread.
+pub fn spawn(poster: Poster) -> Result<(Handle, JoinHandle<()>), String> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = signals.handle();
@@ -18,14 +16,12 @@ pub fn spawn(events: zmq::Socket) -> Result<(Handle, JoinHandle<()>), String> {
         .name("pycomd-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let name: &[u8] = match signal {
-                    SIGHUP => b"HUP",
-                    SIGINT => b"INT",
-                    _ => b"TERM",
+                let signal = match signal {
+                    SIGHUP => Signal::Reload,
+                    SIGINT => Signal::Stop("INT"),
+                    _ => Signal::Stop("TERM"),
                 };
-                if let Err(e) = events.send_multipart([EVENT_SIGNAL, name], 0) {
-                    tracing::error!("cannot forward a signal: {e}");
-                }
+                poster.post(Event::Signal(signal));
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

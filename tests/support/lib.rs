@@ -88,6 +88,26 @@ impl Daemon {
         daemon
     }
 
+    /// Like [`Daemon::with`], but with its registry in `data_dir` (created
+    /// by pycomd if missing), e.g. on a filesystem the test mounted; the log
+    /// stays in a temp dir of its own, off that filesystem.
+    pub fn with_data_dir(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut daemon = Daemon {
+            child: None,
+            port,
+            endpoint: format!("tcp://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            log_path: dir.path().join("pycomd.log"),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        daemon.spawn();
+        daemon
+    }
+
     /// Start (again) on the same port and data dir; waits until it serves.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "pycomd is already running");

@@ -1,11 +1,11 @@
 //! `introspect`: the nameserver described in PyCOM 0.4's format, which
 //! PyCOM's proxy client reads before its first call.
 
-use super::Outcome;
+use super::Plan;
 use serde_json::{json, Map, Value};
 
-struct MethodDoc {
-    name: &'static str,
+pub struct MethodDoc {
+    pub name: &'static str,
     required: &'static [&'static str],
     optional: &'static [&'static str],
     /// Keys of an object result that the proxy client turns into a tuple.
@@ -15,7 +15,8 @@ struct MethodDoc {
 
 const DOCSTRING: &str = "The pycom nameserver: services register here, clients locate them.";
 
-const METHODS: &[MethodDoc] = &[
+/// Every method pycomd serves: dispatch and introspect read this one list.
+pub const METHODS: &[MethodDoc] = &[
     MethodDoc {
         name: "stat",
         required: &[],
@@ -68,7 +69,7 @@ const METHODS: &[MethodDoc] = &[
     },
 ];
 
-pub fn introspect() -> Outcome {
+pub fn introspect() -> Plan {
     let methods: Map<String, Value> = METHODS
         .iter()
         .map(|m| {
@@ -81,7 +82,7 @@ pub fn introspect() -> Outcome {
             (m.name.to_string(), doc)
         })
         .collect();
-    Outcome::reply(Ok(json!({
+    Plan::reply(Ok(json!({
         "name": pycom_client::nameserver::INTERFACE,
         "docstring": DOCSTRING,
         "methods": methods,

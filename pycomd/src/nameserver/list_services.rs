@@ -3,7 +3,7 @@
 //! `regex` crate, so no pattern can make pycomd backtrack for ever.
 
 use super::args::Args;
-use super::{Context, Outcome};
+use super::{Context, Plan};
 use crate::registry::record::{Record, RecordView};
 use pycom_client::proto::Fault;
 use regex::{Regex, RegexBuilder};
@@ -11,18 +11,17 @@ use regex::{Regex, RegexBuilder};
 /// Compiled-program budget for one pattern; larger ones are refused.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-pub fn list_services(ctx: &mut Context, args: &Args) -> Outcome {
-    Outcome::reply(run(ctx, args))
+pub fn list_services(ctx: &mut Context, args: &Args) -> Plan {
+    Plan::reply(run(ctx, args))
 }
 
-fn run<'r>(ctx: &'r mut Context, args: &Args) -> Result<Vec<RecordView<'r>>, Fault> {
+fn run<'r>(ctx: &'r Context, args: &Args) -> Result<Vec<RecordView<'r>>, Fault> {
     let interface = pattern(args, "interface")?;
     let service = pattern(args, "service")?;
     let mut records: Vec<_> = ctx
         .registry
-        .entries()
-        .filter(|e| e.is_live(ctx.now))
-        .map(|e| &e.record)
+        .records()
+        .filter(|r| ctx.live(&r.service))
         .filter(|r| service.as_ref().is_none_or(|re| re.is_match(&r.service)))
         .filter(|r| {
             interface

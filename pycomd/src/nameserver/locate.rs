@@ -1,26 +1,26 @@
 //! `locate {interface, service?, as_list?}`: a live provider, or all of them.
 
 use super::args::{is_valid_name, Args};
-use super::{Context, Outcome};
+use super::{Context, Plan};
 use crate::registry::Record;
 use pycom_client::proto::{self, Fault};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub fn locate(ctx: &mut Context, args: &Args) -> Outcome {
+pub fn locate(ctx: &mut Context, args: &Args) -> Plan {
     let parsed = (|| {
         let interface = args.str("interface")?;
         let service = args.opt_str("service")?;
         let as_list = args.opt_bool("as_list")?.unwrap_or(false);
         find(ctx, interface, service, as_list)
     })();
-    Outcome::encoded(parsed)
+    Plan::Read(parsed)
 }
 
 /// The hot path: args decoded in place, borrowed. `None` when they need the
 /// general path (a wrong type, an escaped or invalid name), which then
 /// names the problem.
-pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Outcome> {
+pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Plan> {
     #[derive(Deserialize)]
     struct Fast<'a> {
         interface: &'a str,
@@ -33,7 +33,7 @@ pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Outcome> {
     if !is_valid_name(a.interface) || a.service.is_some_and(|s| !is_valid_name(s)) {
         return None;
     }
-    Some(Outcome::encoded(find(
+    Some(Plan::Read(find(
         ctx,
         a.interface,
         a.service,
@@ -42,7 +42,7 @@ pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Outcome> {
 }
 
 /// The encoded response: records come from the registry already as JSON.
-fn find(ctx: &mut Context, interface: &str, service: Option<&str>, as_list: bool) -> Result<Vec<u8>, Fault> {
+fn find(ctx: &Context, interface: &str, service: Option<&str>, as_list: bool) -> Result<Vec<u8>, Fault> {
     let not_found = || match service {
         Some(s) => Fault::not_found(format!(
             "locate: no live service '{s}' provides interface '{interface}'"
@@ -52,7 +52,7 @@ fn find(ctx: &mut Context, interface: &str, service: Option<&str>, as_list: bool
         )),
     };
     if as_list {
-        let all = ctx.registry.providers(interface, service, ctx.now);
+        let all = ctx.registry.providers(interface, service, |s| ctx.live(s));
         if all.is_empty() {
             return Err(not_found());
         }
@@ -60,7 +60,7 @@ fn find(ctx: &mut Context, interface: &str, service: Option<&str>, as_list: bool
         return Ok(proto::encode_response(Ok(&views), None));
     }
     ctx.registry
-        .pick(interface, service, ctx.now)
+        .pick(interface, service, |s| ctx.live(s))
         .map(|json| proto::encode_response(Ok(json), None))
         .ok_or_else(not_found)
 }

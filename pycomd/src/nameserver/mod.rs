@@ -1,7 +1,9 @@
-//! `org.pycom.nameserver`: one file per method, all sharing [`Context`] in
-//! and [`Outcome`] out. Handlers check their arguments and ask the
-//! registry; they do no I/O. The server turns an [`Outcome`] into a reply,
-//! at once or after the store has flushed the write.
+//! `org.pycom.nameserver`: one file per method. A handler checks its
+//! arguments against what it can read (the registry, the lease table) and
+//! returns a [`Plan`]: a reply to send now, or a [`Command`] to write
+//! through the log, answered once it is durable and applied ([`written`]).
+//! Handlers do no I/O and change no state; `renew` alone moves a lease
+//! deadline, which is not state.
 
 mod args;
 mod introspect;
@@ -13,15 +15,14 @@ mod stat;
 mod unregister;
 
 use crate::config::Settings;
-use crate::registry::prober::ProbeCmd;
-use crate::registry::store::StoreCounters;
-use crate::registry::{Registry, StoreOp};
+use crate::leases::Leases;
+use crate::log::LogStats;
+use crate::registry::{Applied, Command, Registry};
 use args::Args;
 use pycom_client::proto::{self, Code, Fault};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Request counters, reported by `stat`.
@@ -33,77 +34,80 @@ pub struct Stats {
     pub faults: u64,
     /// Requests answered `FAIL` (not a call at all).
     pub failed: u64,
-    pub store: Arc<StoreCounters>,
+    /// Replies dropped because their peer was gone or at its high-water mark.
+    pub dropped_replies: u64,
 }
 
-impl Stats {
-    pub fn new(store: Arc<StoreCounters>) -> Stats {
+impl Default for Stats {
+    fn default() -> Stats {
         Stats {
             started: Instant::now(),
             requests: 0,
             faults: 0,
             failed: 0,
-            store,
+            dropped_replies: 0,
         }
     }
 }
 
-/// What a handler may read and change.
+/// What a handler may read (and, for `renew`, the lease table).
 pub struct Context<'a> {
-    pub registry: &'a mut Registry,
+    pub registry: &'a Registry,
+    pub leases: &'a mut Leases,
     pub settings: &'a Settings,
     pub stats: &'a Stats,
+    pub log: LogStats,
     pub now: Instant,
+}
+
+impl Context<'_> {
+    /// Whether `service`'s lease (if it has one) has not run out.
+    pub fn live(&self, service: &str) -> bool {
+        self.leases.is_live(service, self.now)
+    }
 }
 
 /// A handler's answer.
 #[derive(Debug)]
-pub struct Outcome {
-    /// The encoded response body, or the fault to answer with.
-    pub result: Result<Vec<u8>, Fault>,
-    /// A change to persist before `result` may be sent.
-    pub write: Option<StoreOp>,
-    /// A change to what the prober watches.
-    pub probe: Option<ProbeCmd>,
+pub enum Plan {
+    /// Answer now: the encoded response body, or the fault.
+    Read(Result<Vec<u8>, Fault>),
+    /// Write this through the log; answer once it is durable and applied.
+    Write(Command),
 }
 
-impl Outcome {
+impl Plan {
     /// Answer now with any serializable result (or the fault).
-    pub fn reply<T: Serialize>(result: Result<T, Fault>) -> Outcome {
-        Outcome::encoded(result.map(|value| proto::encode_response(Ok(&value), None)))
+    pub fn reply<T: Serialize>(result: Result<T, Fault>) -> Plan {
+        Plan::Read(result.map(|value| proto::encode_response(Ok(&value), None)))
     }
 
-    /// Answer now with a fault.
-    pub fn fault(fault: Fault) -> Outcome {
-        Outcome::encoded(Err(fault))
+    pub fn fault(fault: Fault) -> Plan {
+        Plan::Read(Err(fault))
     }
+}
 
-    /// Answer now with a response body already encoded.
-    pub fn encoded(result: Result<Vec<u8>, Fault>) -> Outcome {
-        Outcome {
-            result,
-            write: None,
-            probe: None,
-        }
+/// The reply to a write, from what applying it did.
+pub fn written(result: &Result<Applied, Fault>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Lease {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lease_ms: Option<u64>,
     }
-
-    /// Answer with `result` once `op` is on disk.
-    pub fn durable<T: Serialize>(op: StoreOp, result: T) -> Outcome {
-        Outcome {
-            result: Ok(proto::encode_response(Ok(&result), None)),
-            write: Some(op),
-            probe: None,
-        }
-    }
-
-    pub fn with_probe(mut self, probe: ProbeCmd) -> Outcome {
-        self.probe = Some(probe);
-        self
+    match result {
+        Ok(Applied::Registered(record)) => proto::encode_response(
+            Ok(&Lease {
+                lease_ms: record.ttl_ms,
+            }),
+            None,
+        ),
+        Ok(_) => proto::encode_response(Ok(&Lease { lease_ms: None }), None),
+        Err(fault) => proto::encode_fault(fault, None),
     }
 }
 
 /// Run `method` with `args` (raw JSON, `None` when absent or null).
-pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Outcome {
+pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Plan {
     // `stat` and `introspect` ignore their args, as PyCOM's did.
     match method {
         "stat" => return stat::stat(ctx),
@@ -111,7 +115,7 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Out
         _ => {}
     }
     let Some(name) = known(method) else {
-        return Outcome::fault(Fault::new(
+        return Plan::fault(Fault::new(
             Code::MethodNotFound,
             format!("interface org.pycom.nameserver has no method '{method}'"),
         ));
@@ -123,21 +127,21 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Out
         "renew" => renew::fast(ctx, args),
         _ => None,
     };
-    if let Some(outcome) = fast {
-        return outcome;
+    if let Some(plan) = fast {
+        return plan;
     }
     let value: Value = match args.map(|raw| serde_json::from_str(raw.get())) {
         None => Value::Null,
         Some(Ok(value)) => value,
         Some(Err(e)) => {
-            return Outcome::fault(Fault::bad_request(format!(
+            return Plan::fault(Fault::bad_request(format!(
                 "{name}: args are not valid JSON: {e}"
             )))
         }
     };
     let args = match Args::new(name, &value) {
         Ok(args) => args,
-        Err(fault) => return Outcome::fault(fault),
+        Err(fault) => return Plan::fault(fault),
     };
     match name {
         "register" => register::register(ctx, &args),
@@ -150,7 +154,5 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Out
 
 /// The method's name as a `'static` string, for error messages.
 fn known(method: &str) -> Option<&'static str> {
-    ["register", "renew", "unregister", "locate", "list_services"]
-        .into_iter()
-        .find(|m| *m == method)
+    introspect::METHODS.iter().map(|m| m.name).find(|m| *m == method)
 }

@@ -1,11 +1,10 @@
 //! `register {service, address, interface | interfaces, ttl_ms?, metadata?}`.
 
 use super::args::{Args, MAX_NAME_BYTES};
-use super::{Context, Outcome};
-use crate::registry::prober::ProbeCmd;
-use crate::registry::Registration;
+use super::{Context, Plan};
+use crate::registry::{not_owner, Command, RESERVED_PREFIX};
 use pycom_client::proto::{type_name, Fault};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Most interfaces one record may carry.
@@ -13,45 +12,14 @@ pub const MAX_INTERFACES: usize = 256;
 /// Most metadata tags one record may carry.
 pub const MAX_METADATA: usize = 64;
 
-pub fn register(ctx: &mut Context, args: &Args) -> Outcome {
+pub fn register(ctx: &mut Context, args: &Args) -> Plan {
     match parse(ctx, args) {
-        Ok(reg) => apply(ctx, reg),
-        Err(fault) => Outcome::fault(fault),
+        Ok(command) => Plan::Write(command),
+        Err(fault) => Plan::fault(fault),
     }
 }
 
-fn apply(ctx: &mut Context, reg: Registration) -> Outcome {
-    let (record, op) = match ctx.registry.register(reg, ctx.now) {
-        Ok(done) => done,
-        Err(fault) => return Outcome::fault(fault),
-    };
-    tracing::info!(
-        service = %record.service,
-        address = %record.address,
-        interfaces = ?record.interfaces,
-        ttl_ms = ?record.ttl_ms,
-        "registered"
-    );
-    let (result, probe) = match record.ttl_ms {
-        Some(ttl) => (
-            json!({"lease_ms": ttl}),
-            ProbeCmd::Unwatch {
-                service: record.service,
-            },
-        ),
-        None => (
-            json!({}),
-            ProbeCmd::Watch {
-                generation: ctx.registry.generation(&record.service).unwrap_or(0),
-                service: record.service,
-                address: record.address,
-            },
-        ),
-    };
-    Outcome::durable(op, result).with_probe(probe)
-}
-
-fn parse(ctx: &Context, args: &Args) -> Result<Registration, Fault> {
+fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
     let service = args.str("service")?.to_string();
     let address = args.str("address")?;
     if !is_endpoint(address) {
@@ -82,13 +50,35 @@ fn parse(ctx: &Context, args: &Args) -> Result<Registration, Fault> {
         None => None,
         Some(v) => Some(metadata(args, v)?),
     };
-    Ok(Registration {
+    if service.starts_with(RESERVED_PREFIX) {
+        return Err(Fault::denied(format!(
+            "register: names under {RESERVED_PREFIX} are pycomd's own; '{service}' cannot be registered"
+        )));
+    }
+    // Refusals that need no log entry; applying checks ownership again,
+    // against the state as it is by then.
+    let lapsed = ctx.leases.lapsed(&service, ctx.now);
+    match ctx.registry.get(&service) {
+        Some(old) if lapsed.is_none() && old.address != address => {
+            return Err(not_owner(old, "register"));
+        }
+        Some(_) => {}
+        None if ctx.registry.state().len() >= ctx.settings.max_records => {
+            return Err(Fault::unavailable(format!(
+                "register: the registry is full ({} records, max_records)",
+                ctx.settings.max_records
+            )));
+        }
+        None => {}
+    }
+    Ok(Command::Register {
         service,
         address: address.to_string(),
         interfaces,
         replace,
         ttl_ms,
         metadata,
+        lapsed,
     })
 }
 

@@ -1,23 +1,25 @@
-//! `renew {service, address}`: extend a lease. Never touches the disk:
-//! leases restart in full when pycomd restarts.
+//! `renew {service, address}`: extend a lease. Not written to the log:
+//! leases start a full term whenever pycomd starts, so a renewal only moves
+//! the deadline in the lease table.
 
 use super::args::{is_valid_name, Args};
-use super::{Context, Outcome};
+use super::{Context, Plan};
+use crate::registry::{not_owner, unknown};
 use pycom_client::proto::Fault;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub fn renew(ctx: &mut Context, args: &Args) -> Outcome {
+pub fn renew(ctx: &mut Context, args: &Args) -> Plan {
     let result = (|| {
         let service = args.str("service")?;
         let address = args.str("address")?;
         extend(ctx, service, address)
     })();
-    Outcome::encoded(result)
+    Plan::Read(result)
 }
 
 /// The hot path, as in `locate::fast`.
-pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Outcome> {
+pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Plan> {
     #[derive(Deserialize)]
     struct Fast<'a> {
         service: &'a str,
@@ -27,7 +29,7 @@ pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Outcome> {
     if !is_valid_name(a.service) || !is_valid_name(a.address) {
         return None;
     }
-    Some(Outcome::encoded(extend(ctx, a.service, a.address)))
+    Some(Plan::Read(extend(ctx, a.service, a.address)))
 }
 
 fn extend(ctx: &mut Context, service: &str, address: &str) -> Result<Vec<u8>, Fault> {
@@ -36,7 +38,24 @@ fn extend(ctx: &mut Context, service: &str, address: &str) -> Result<Vec<u8>, Fa
         #[serde(skip_serializing_if = "Option::is_none")]
         lease_ms: Option<u64>,
     }
-    let lease_ms = ctx.registry.renew(service, address, ctx.now)?;
+    let record = ctx
+        .registry
+        .state()
+        .get(service)
+        .filter(|_| ctx.live(service))
+        .ok_or_else(|| unknown(service, "renew"))?;
+    if record.address != address {
+        return Err(not_owner(record, "renew"));
+    }
+    // A probed record has no lease to extend: the answer says so by having none.
+    let lease_ms = match record.ttl_ms {
+        Some(_) => Some(
+            ctx.leases
+                .renew(service, ctx.now)
+                .ok_or_else(|| unknown(service, "renew"))?,
+        ),
+        None => None,
+    };
     Ok(pycom_client::proto::encode_response(
         Ok(&Lease { lease_ms }),
         None,

@@ -1,8 +1,8 @@
 //! `stat`: a ping that also reports what pycomd holds.
 
-use super::{Context, Outcome};
+use super::{Context, Plan};
+use crate::log::LogStats;
 use serde::Serialize;
-use std::sync::atomic::Ordering;
 
 /// The result, serialized as it is (no intermediate JSON value: clients
 /// use `stat` as a ping, often).
@@ -12,31 +12,28 @@ struct Stat {
     uptime_s: u64,
     services: usize,
     interfaces: usize,
+    leases: usize,
+    revision: u64,
     requests: u64,
     errors: u64,
     failed: u64,
-    store: StoreStat,
+    dropped_replies: u64,
+    store: LogStats,
 }
 
-#[derive(Serialize)]
-struct StoreStat {
-    writes: u64,
-    flushes: u64,
-}
-
-pub fn stat(ctx: &mut Context) -> Outcome {
+pub fn stat(ctx: &mut Context) -> Plan {
     let stats = ctx.stats;
-    Outcome::reply(Ok(Stat {
+    Plan::reply(Ok(Stat {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: stats.started.elapsed().as_secs(),
         services: ctx.registry.len(),
         interfaces: ctx.registry.interface_count(),
+        leases: ctx.leases.len(),
+        revision: ctx.registry.state().revision(),
         requests: stats.requests,
         errors: stats.faults,
         failed: stats.failed,
-        store: StoreStat {
-            writes: stats.store.writes.load(Ordering::Relaxed),
-            flushes: stats.store.flushes.load(Ordering::Relaxed),
-        },
+        dropped_replies: stats.dropped_replies,
+        store: ctx.log,
     }))
 }

@@ -1,22 +1,21 @@
 //! `unregister {service, address}`: the owner removes its record.
 
 use super::args::Args;
-use super::{Context, Outcome};
-use crate::registry::prober::ProbeCmd;
-use serde_json::json;
+use super::{Context, Plan};
+use crate::registry::{not_owner, unknown, Command};
 
-pub fn unregister(ctx: &mut Context, args: &Args) -> Outcome {
+pub fn unregister(ctx: &mut Context, args: &Args) -> Plan {
     let (service, address) = match (args.str("service"), args.str("address")) {
         (Ok(s), Ok(a)) => (s, a),
-        (Err(f), _) | (_, Err(f)) => return Outcome::fault(f),
+        (Err(f), _) | (_, Err(f)) => return Plan::fault(f),
     };
-    match ctx.registry.unregister(service, address) {
-        Ok(op) => {
-            tracing::info!(%service, %address, "unregistered");
-            Outcome::durable(op, json!({})).with_probe(ProbeCmd::Unwatch {
-                service: service.to_string(),
-            })
-        }
-        Err(fault) => Outcome::fault(fault),
+    // Refusals that need no log entry; applying checks again.
+    match ctx.registry.state().get(service) {
+        None => Plan::fault(unknown(service, "unregister")),
+        Some(record) if record.address != address => Plan::fault(not_owner(record, "unregister")),
+        Some(_) => Plan::Write(Command::Unregister {
+            service: service.to_string(),
+            address: address.to_string(),
+        }),
     }
 }

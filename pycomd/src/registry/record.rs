@@ -1,4 +1,4 @@
-//! One registry record: what is stored on disk and what locate returns.
+//! One registry record: what the state holds and what locate returns.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,6 +15,11 @@ pub struct Record {
     /// Lease length; `None` means the address is probed instead.
     #[serde(default)]
     pub ttl_ms: Option<u64>,
+    /// The registry revision of this record's last change: which version of
+    /// the name this is, so that a late expiry or probe verdict about an
+    /// older version cannot remove a newer one.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// The record as `locate` and `list_services` return it, borrowed.
@@ -34,5 +39,13 @@ impl Record {
             interfaces: &self.interfaces,
             metadata: &self.metadata,
         }
+    }
+
+    /// The same registration: a register that would change nothing.
+    pub fn same_as(&self, other: &Record) -> bool {
+        self.address == other.address
+            && self.interfaces == other.interfaces
+            && self.metadata == other.metadata
+            && self.ttl_ms == other.ttl_ms
     }
 }

@@ -8,6 +8,7 @@
 //! drops it. The prober owns its sockets on its own thread, so a slow or
 //! dead service never delays a request.
 
+use crate::mailbox::{Event, Poster};
 use pycom_client::proto::{self, Request};
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -15,9 +16,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-/// First frame of the event the prober sends:
-/// `[UNREACHABLE, service, address, generation as 8 little-endian bytes]`.
-pub const EVENT_UNREACHABLE: &[u8] = b"UNREACHABLE";
 /// The interface probes call: one no service implements, so no user code runs.
 pub const PROBE_INTERFACE: &str = "org.pycom.probe";
 /// The longest the prober sleeps before looking at its commands again.
@@ -28,8 +26,8 @@ pub enum ProbeCmd {
     Watch {
         service: String,
         address: String,
-        /// The record's version (see `Entry::generation`).
-        generation: u64,
+        /// The record's version: a verdict names it, so it cannot drop a newer one.
+        revision: u64,
     },
     Unwatch {
         service: String,
@@ -45,7 +43,7 @@ pub struct ProbeSettings {
 
 struct Target {
     address: String,
-    generation: u64,
+    revision: u64,
     socket: Option<zmq::Socket>,
     failures: u32,
     /// When the probe in flight was sent.
@@ -56,7 +54,7 @@ struct Target {
 pub fn spawn(
     ctx: zmq::Context,
     settings: ProbeSettings,
-    events: zmq::Socket,
+    events: Poster,
 ) -> (Sender<ProbeCmd>, JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
@@ -69,13 +67,13 @@ pub fn spawn(
 struct Prober {
     ctx: zmq::Context,
     settings: ProbeSettings,
-    events: zmq::Socket,
+    events: Poster,
     targets: HashMap<String, Target>,
     probe_body: Vec<u8>,
 }
 
 impl Prober {
-    fn new(ctx: zmq::Context, settings: ProbeSettings, events: zmq::Socket) -> Prober {
+    fn new(ctx: zmq::Context, settings: ProbeSettings, events: Poster) -> Prober {
         let probe_body =
             proto::encode_request_body(&Request::new(PROBE_INTERFACE, "ping", serde_json::Value::Null));
         Prober {
@@ -106,19 +104,19 @@ impl Prober {
             ProbeCmd::Watch {
                 service,
                 address,
-                generation,
+                revision,
             } => {
                 if let Some(t) = self.targets.get_mut(&service) {
                     if t.address == address {
                         // Re-registered at the same address: keep probing as before.
-                        t.generation = generation;
+                        t.revision = revision;
                         return;
                     }
                 }
                 debug!(%service, %address, "probing");
                 let target = Target {
                     address,
-                    generation,
+                    revision,
                     socket: None,
                     failures: 0,
                     in_flight: None,
@@ -213,16 +211,11 @@ impl Prober {
         }
         for service in unreachable {
             if let Some(target) = self.targets.remove(&service) {
-                let generation = target.generation.to_le_bytes();
-                let frames: [&[u8]; 4] = [
-                    EVENT_UNREACHABLE,
-                    service.as_bytes(),
-                    target.address.as_bytes(),
-                    &generation,
-                ];
-                if let Err(e) = self.events.send_multipart(frames, 0) {
-                    warn!(%service, "cannot report an unreachable service: {e}");
-                }
+                self.events.post(Event::Unreachable {
+                    service,
+                    address: target.address,
+                    revision: target.revision,
+                });
             }
         }
     }

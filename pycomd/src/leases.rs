@@ -1,0 +1,163 @@
+//! The lease table: when each leased record runs out. Not registry state:
+//! the state keeps each lease's `ttl_ms`, this table the deadlines, which
+//! start afresh (a full term) whenever pycomd starts, as etcd's lessor does;
+//! a record's owner may have renewed while pycomd was down.
+//!
+//! A lease that runs out makes its record invisible at once (reads ask
+//! [`Leases::is_live`]) and is handed to the server as due, which proposes
+//! `Expire` through the log; the record leaves the state when that applies.
+
+use crate::registry::Map;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// How long after a refused `Expire` proposal it is tried again.
+const RETRY: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+struct Lease {
+    /// The version of the record the lease belongs to.
+    revision: u64,
+    ttl: Duration,
+    deadline: Instant,
+    /// `Expire` is proposed and not yet applied.
+    expiring: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Leases {
+    leases: Map<String, Lease>,
+    /// Wake-up times, earliest first. Entries go stale when a lease is
+    /// renewed or revoked; they are skipped when popped.
+    heap: BinaryHeap<Reverse<(Instant, String)>>,
+}
+
+impl Leases {
+    /// A full term for this version of the record, from `now`.
+    pub fn grant(&mut self, service: &str, revision: u64, ttl_ms: u64, now: Instant) {
+        let ttl = Duration::from_millis(ttl_ms);
+        let deadline = now + ttl;
+        self.leases.insert(
+            service.to_string(),
+            Lease {
+                revision,
+                ttl,
+                deadline,
+                expiring: false,
+            },
+        );
+        self.heap.push(Reverse((deadline, service.to_string())));
+    }
+
+    pub fn revoke(&mut self, service: &str) {
+        self.leases.remove(service);
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// Extend a live lease by its full term; `None` if `service` has no
+    /// lease or it ran out.
+    pub fn renew(&mut self, service: &str, now: Instant) -> Option<u64> {
+        let lease = self.leases.get_mut(service)?;
+        if lease.deadline <= now {
+            return None;
+        }
+        lease.deadline = now + lease.ttl;
+        self.heap.push(Reverse((lease.deadline, service.to_string())));
+        Some(lease.ttl.as_millis() as u64)
+    }
+
+    /// False once `service`'s lease ran out (records without one are live).
+    pub fn is_live(&self, service: &str, now: Instant) -> bool {
+        self.leases.get(service).is_none_or(|l| l.deadline > now)
+    }
+
+    /// The revision whose lease ran out, if `service`'s did.
+    pub fn lapsed(&self, service: &str, now: Instant) -> Option<u64> {
+        self.leases
+            .get(service)
+            .filter(|l| l.deadline <= now)
+            .map(|l| l.revision)
+    }
+
+    /// When the server should next look at [`Leases::due`].
+    pub fn next_wakeup(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, service))) = self.heap.peek() {
+            match self.leases.get(service) {
+                Some(l) if !l.expiring && l.deadline <= *at => return Some(*at),
+                _ => {
+                    self.heap.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Leases that ran out by `now` and have no `Expire` in flight:
+    /// `(service, revision)`, now marked as expiring.
+    pub fn due(&mut self, now: Instant) -> Vec<(String, u64)> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, service))) = self.heap.pop() else {
+                break;
+            };
+            if let Some(lease) = self.leases.get_mut(&service) {
+                if !lease.expiring && lease.deadline <= now {
+                    lease.expiring = true;
+                    due.push((service, lease.revision));
+                }
+            }
+        }
+        due
+    }
+
+    /// The `Expire` proposed for `service` was refused: try again shortly.
+    pub fn retry(&mut self, service: &str, now: Instant) {
+        if let Some(lease) = self.leases.get_mut(service) {
+            lease.expiring = false;
+            self.heap.push(Reverse((now + RETRY, service.to_string())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_runs_out_at_its_deadline_unless_renewed() {
+        let mut l = Leases::default();
+        let t0 = Instant::now();
+        l.grant("/s", 7, 1000, t0);
+        assert!(l.is_live("/s", t0 + Duration::from_millis(999)));
+        let t1 = t0 + Duration::from_millis(800);
+        assert_eq!(l.renew("/s", t1), Some(1000));
+        assert!(l.due(t0 + Duration::from_millis(1500)).is_empty());
+        assert!(l.is_live("/s", t0 + Duration::from_millis(1500)));
+        let end = t1 + Duration::from_millis(1000);
+        assert!(!l.is_live("/s", end));
+        assert_eq!(l.lapsed("/s", end), Some(7));
+        assert_eq!(l.renew("/s", end), None);
+        assert_eq!(l.due(end), vec![("/s".to_string(), 7)]);
+        // Proposed once: not due again unless the proposal is refused.
+        assert!(l.due(end + Duration::from_secs(1)).is_empty());
+        l.retry("/s", end);
+        assert_eq!(l.due(end + RETRY), vec![("/s".to_string(), 7)]);
+    }
+
+    #[test]
+    fn unleased_records_are_live() {
+        let l = Leases::default();
+        assert!(l.is_live("/probed", Instant::now()));
+    }
+}

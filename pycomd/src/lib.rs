@@ -1,0 +1,204 @@
+//! pycomd, the pycom daemon: a nameserver that PyCOM peers and pycom
+//! clients use to find each other, keeping every registration durable.
+//!
+//! Requests flow one way: the ROUTER socket ([`server`]) decodes them; a
+//! handler ([`nameserver`]) answers a read at once or turns a write into a
+//! [`registry::Command`]; the command goes through the [`log`] (a real
+//! fdatasync, shared by every write waiting: group commit) and only then is
+//! applied by the registry's pure state machine ([`registry::State::apply`])
+//! and answered. What the change did ([`registry::Change`]) moves the lease
+//! table ([`leases`]) and the [`prober`]. Nothing is visible before it is
+//! durable, and a write that cannot be made durable changes nothing.
+//!
+//! Threads, each owning its ZeroMQ sockets: the server (requests, state),
+//! the log writer and its snapshot compactor, the prober, and signals; the
+//! others reach the server through its typed [`mailbox`].
+//!
+//! [`run`] is the whole daemon; `main.rs` only parses flags and sets up logs.
+
+pub mod config;
+pub mod leases;
+pub mod log;
+pub mod logging;
+pub mod mailbox;
+pub mod nameserver;
+pub mod notify;
+pub mod prober;
+pub mod registry;
+pub mod server;
+pub mod signals;
+
+use config::{Overrides, Settings};
+use log::local::{LocalLog, LocalSettings};
+use log::recovery::{self, Options};
+use pycom_client::nameserver::{INTERFACE, SERVICE};
+use registry::{Record, Registry};
+use std::time::{Duration, Instant};
+use tracing::info;
+
+/// How long replies still queued at exit may take to leave.
+const EXIT_LINGER_MS: i32 = 2000;
+
+/// What `run` needs besides the settings.
+pub struct Launch {
+    pub overrides: Overrides,
+    pub log_control: logging::LogControl,
+    /// Repair a damaged data dir (keeping a copy) instead of refusing to start.
+    pub recover: bool,
+}
+
+/// Why pycomd stopped other than cleanly.
+#[derive(Debug)]
+pub enum Failure {
+    /// It could not start: the message says why.
+    Start(String),
+    /// It stopped, but some writes in flight could not be made durable.
+    Unwritten(u64),
+}
+
+/// Run pycomd until SIGTERM or SIGINT.
+pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
+    let started = Instant::now();
+    let sync = !settings.unsafe_no_fsync;
+    if !sync {
+        tracing::warn!("unsafe_no_fsync is set: writes are acknowledged before they are durable, and a power cut loses them");
+    }
+    let opened = recovery::open(
+        &settings.data_dir,
+        &Options {
+            segment_bytes: settings.log_segment_bytes,
+            sync,
+            recover: launch.recover,
+        },
+    )
+    .map_err(Failure::Start)?;
+
+    let ctx = zmq::Context::new();
+    let router = bind_router(&ctx, &settings).map_err(Failure::Start)?;
+    let address = router
+        .get_last_endpoint()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| settings.listen.clone());
+    let mailbox = mailbox::Mailbox::new(&ctx).map_err(Failure::Start)?;
+    let poster = || mailbox.poster().map_err(Failure::Start);
+
+    let me = Record {
+        service: SERVICE.to_string(),
+        address: address.clone(),
+        interfaces: vec![INTERFACE.to_string()],
+        metadata: [("version".to_string(), env!("CARGO_PKG_VERSION").to_string())].into(),
+        ttl_ms: None,
+        revision: 0,
+    };
+    let state = opened.state.clone();
+    let last = opened.last;
+    let _lock = opened
+        .lock
+        .try_clone()
+        .map_err(|e| Failure::Start(format!("data dir lock: {e}")))?;
+    let log = LocalLog::start(
+        opened,
+        LocalSettings {
+            data_dir: settings.data_dir.clone(),
+            sync,
+            snapshot_log_bytes: settings.snapshot_log_bytes,
+        },
+        poster()?,
+    )
+    .map_err(Failure::Start)?;
+
+    // Every lease starts a full term; every probed record is probed again.
+    let now = Instant::now();
+    let mut leases = leases::Leases::default();
+    let probe_settings = prober::ProbeSettings {
+        interval: Duration::from_millis(settings.probe_interval_ms),
+        timeout: Duration::from_millis(settings.probe_timeout_ms),
+        failures: settings.probe_failures,
+    };
+    let (probe_tx, probe_thread) = prober::spawn(ctx.clone(), probe_settings, poster()?);
+    for record in state.records() {
+        match record.ttl_ms {
+            Some(ttl) => leases.grant(&record.service, record.revision, ttl, now),
+            None => {
+                let _ = probe_tx.send(prober::ProbeCmd::Watch {
+                    service: record.service.clone(),
+                    address: record.address.clone(),
+                    revision: record.revision,
+                });
+            }
+        }
+    }
+    let registry = Registry::new(state, vec![me]);
+    let (signal_handle, signal_thread) = signals::spawn(poster()?).map_err(Failure::Start)?;
+
+    info!(
+        endpoint = %address,
+        data_dir = %settings.data_dir.display(),
+        records = registry.state().len(),
+        log_index = last.index,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "pycomd {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    notify::ready();
+
+    let server = server::Server {
+        router,
+        mailbox,
+        registry,
+        leases,
+        log: Box::new(log),
+        prober: probe_tx,
+        settings,
+        overrides: launch.overrides,
+        log_control: launch.log_control,
+        stats: nameserver::Stats::default(),
+        outbox: Default::default(),
+        drops_logged: None,
+    };
+    let stopped = server.run();
+
+    signal_handle.close();
+    let _ = signal_thread.join();
+    let _ = probe_thread.join();
+    // Dropping the last context waits (up to the linger) for queued replies.
+    drop(ctx);
+    if stopped.unwritten > 0 {
+        tracing::error!(
+            unwritten = stopped.unwritten,
+            "stopped, but writes in flight could not be made durable (answered code 7)"
+        );
+        return Err(Failure::Unwritten(stopped.unwritten));
+    }
+    info!("every acknowledged write is durable; pycomd stopped");
+    Ok(())
+}
+
+fn bind_router(ctx: &zmq::Context, settings: &Settings) -> Result<zmq::Socket, String> {
+    let fail = |what: &str, e: zmq::Error| format!("cannot {what} the request socket: {e}");
+    let router = ctx.socket(zmq::ROUTER).map_err(|e| fail("create", e))?;
+    router
+        .set_rcvhwm(settings.high_water_mark)
+        .map_err(|e| fail("configure", e))?;
+    router
+        .set_sndhwm(settings.high_water_mark)
+        .map_err(|e| fail("configure", e))?;
+    router
+        .set_linger(EXIT_LINGER_MS)
+        .map_err(|e| fail("configure", e))?;
+    // A hard cap well above max_message_bytes: libzmq drops the connection of
+    // a peer that sends a single larger frame, before allocating it. Between
+    // the two limits the peer gets a code-4 reply naming the limit.
+    let hard_cap = settings
+        .max_message_bytes
+        .saturating_mul(16)
+        .min(i64::MAX as usize) as i64;
+    router
+        .set_maxmsgsize(hard_cap)
+        .map_err(|e| fail("configure", e))?;
+    router
+        .bind(&settings.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    Ok(router)
+}

@@ -1,0 +1,125 @@
+//! Snapshots: the whole registry state as of one log entry, so that the
+//! log before it can be removed and a restart need not replay it all.
+//!
+//! `snapshot-<index, 20 digits>.snap`: the magic [`MAGIC`], the payload's
+//! length (u64) and crc32c (u32), little-endian, then the payload (JSON
+//! [`SnapshotData`]). Written to a temporary file, fsync'ed, renamed into
+//! place, and the directory fsync'ed: a snapshot is either whole and
+//! durable or absent. pycomd keeps the newest two, and the log since the
+//! older one, so a damaged newest snapshot loses nothing (`--recover`).
+
+use super::wal::sync_dir;
+use super::LogId;
+use crate::registry::{Record, State};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"PYCSNAP1";
+const HEADER: usize = 8 + 8 + 4;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotData {
+    /// The last entry the state includes.
+    pub last: LogId,
+    pub revision: u64,
+    pub records: Vec<Record>,
+}
+
+impl SnapshotData {
+    pub fn of(state: &State, last: LogId) -> SnapshotData {
+        SnapshotData {
+            last,
+            revision: state.revision(),
+            records: state.records().cloned().collect(),
+        }
+    }
+
+    pub fn into_state(self) -> (State, LogId) {
+        (State::from_parts(self.revision, self.records), self.last)
+    }
+}
+
+pub fn path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("snapshot-{index:020}.snap"))
+}
+
+/// Snapshots in `dir`, oldest first, by the index in their names.
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        let index = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("snapshot-"))
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(index) = index {
+            found.push((index, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Write `data` durably; returns its path and size in bytes.
+pub fn write(dir: &Path, data: &SnapshotData, sync: bool) -> io::Result<(PathBuf, u64)> {
+    let payload = serde_json::to_vec(data).map_err(io::Error::other)?;
+    let target = path(dir, data.last.index);
+    let tmp = target.with_extension("snap.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(MAGIC)?;
+    file.write_all(&(payload.len() as u64).to_le_bytes())?;
+    file.write_all(&crc32c::crc32c(&payload).to_le_bytes())?;
+    file.write_all(&payload)?;
+    if sync {
+        file.sync_all()?;
+    }
+    drop(file);
+    std::fs::rename(&tmp, &target)?;
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok((target, (HEADER + payload.len()) as u64))
+}
+
+/// Read and verify a snapshot. The error says what is wrong with the file.
+pub fn read(path: &Path) -> Result<SnapshotData, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err("does not start with pycomd's snapshot header".into());
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[8..16]);
+    let len = u64::from_le_bytes(len);
+    let crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    let payload = &bytes[HEADER..];
+    if payload.len() as u64 != len {
+        return Err(format!(
+            "holds {} bytes of state where its header says {len}",
+            payload.len()
+        ));
+    }
+    if crc32c::crc32c(payload) != crc {
+        return Err("fails its checksum".into());
+    }
+    serde_json::from_slice(payload).map_err(|e| format!("does not decode: {e}"))
+}
+
+/// Remove temporary files a crash left behind while writing a snapshot.
+pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        if path.extension().is_some_and(|e| e == "tmp")
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snapshot-"))
+        {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The server thread's mailbox: typed [`Event`]s from pycomd's other
+//! threads (the log, the prober, signals).
+//!
+//! Events travel on a channel; a ZeroMQ inproc socket only rings a bell,
+//! so the server waits on one `zmq::poll` for requests and events alike.
+//! A bell that cannot be rung because the server already has many pending
+//! is not needed: the server empties the channel whenever it wakes.
+
+use crate::log::{Committed, Proposal};
+use std::sync::mpsc::{self, Receiver, Sender};
+
+const BELL_ENDPOINT: &str = "inproc://pycomd-mailbox";
+
+/// What other threads tell the server.
+#[derive(Debug)]
+pub enum Event {
+    /// Entries now durable, in log order: apply and answer them.
+    Committed(Vec<Committed>),
+    /// Proposals that could not be made durable: answer code 7, change nothing.
+    NotDurable {
+        proposals: Vec<Proposal>,
+        error: String,
+    },
+    /// The log wrote everything it was given and stopped.
+    LogStopped {
+        failed_batches: u64,
+    },
+    /// A probed record's address stopped answering.
+    Unreachable {
+        service: String,
+        address: String,
+        revision: u64,
+    },
+    Signal(Signal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGTERM or SIGINT: finish what is in flight and stop.
+    Stop(&'static str),
+}
+
+/// The server's end.
+pub struct Mailbox {
+    events: Receiver<Event>,
+    sender: Sender<Event>,
+    bell: zmq::Socket,
+    ctx: zmq::Context,
+}
+
+/// Another thread's end: one per thread (the bell is a ZeroMQ socket).
+pub struct Poster {
+    events: Sender<Event>,
+    bell: zmq::Socket,
+}
+
+impl Mailbox {
+    pub fn new(ctx: &zmq::Context) -> Result<Mailbox, String> {
+        let bell = ctx
+            .socket(zmq::PULL)
+            .and_then(|s| s.bind(BELL_ENDPOINT).map(|()| s))
+            .map_err(|e| format!("cannot create the server's mailbox: {e}"))?;
+        let (sender, events) = mpsc::channel();
+        Ok(Mailbox {
+            events,
+            sender,
+            bell,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// A handle for another thread to post with.
+    pub fn poster(&self) -> Result<Poster, String> {
+        let bell = self
+            .ctx
+            .socket(zmq::PUSH)
+            .and_then(|s| s.connect(BELL_ENDPOINT).map(|()| s))
+            .map_err(|e| format!("cannot connect to the server's mailbox: {e}"))?;
+        Ok(Poster {
+            events: self.sender.clone(),
+            bell,
+        })
+    }
+
+    /// For `zmq::poll`: readable when a bell rang.
+    pub fn as_poll_item(&self) -> zmq::PollItem<'_> {
+        self.bell.as_poll_item(zmq::POLLIN)
+    }
+
+    /// Every event waiting, in the order posted.
+    pub fn drain(&self) -> impl Iterator<Item = Event> + '_ {
+        while self.bell.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        self.events.try_iter()
+    }
+}
+
+impl Poster {
+    pub fn post(&self, event: Event) {
+        // The server outlives every poster; if it is gone, so is the process.
+        if self.events.send(event).is_ok() {
+            let _ = self.bell.send(&[][..], zmq::DONTWAIT);
+        }
+    }
+}
