@@ -5,23 +5,64 @@
 #
 #   bash bench/run.sh            # full run, DURATION=5 s per measurement
 #   DURATION=2 REPEAT=1 bash bench/run.sh # quicker
+#
+# Blocks, each switchable (BLOCKS lists those to run, in this order):
+#   main      stat, locate, scaling, register (64), renew, invoke
+#   durable   fdatasync of the data dir's filesystem, durable register at
+#             $REGISTER_CLIENTS clients, implied group-commit factor
+#   restart   RSS, preload, stop and restart time at each of $RESTART_SIZES records
+#   peers     PyCOM 0.3.2's nameserver (needs the venv tests/run.sh makes)
+#
+#   BLOCKS=durable DURATION=2 REPEAT=1 bash bench/run.sh
+#   BLOCKS=restart RESTART_SIZES=100000 bash bench/run.sh
+#   DATA_ROOT=/var/tmp bash bench/run.sh     # data dirs (and the fdatasync file) on /var/tmp's filesystem
+#
+# Other knobs: REGISTER_CLIENTS ("1 16 64"), RESTART_SIZES ("100000 1000000"),
+# PRELOAD_CLIENTS (4), PRELOAD_IN_FLIGHT (256), BUILD=0 (use the binaries in
+# target/release as they are), PYCOMD / PYCOMCTL (other binaries to measure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-cargo build --release --workspace --locked -q
+BLOCKS="${BLOCKS:-main durable restart peers}"
+REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
+RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
+PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
+PRELOAD_IN_FLIGHT="${PRELOAD_IN_FLIGHT:-256}"
+if [[ "${BUILD:-1}" != 0 ]]; then cargo build --release --workspace --locked -q; fi
 bin=target/release
-work="$(mktemp -d)"
+PYCOMD="${PYCOMD:-$bin/pycomd}"
+PYCOMCTL="${PYCOMCTL:-$bin/pycomctl}"
+work="$(mktemp -d "${DATA_ROOT:-${TMPDIR:-/tmp}}/pycom-bench.XXXXXX")"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+block() { [[ " $BLOCKS " == *" $1 "* ]]; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { # endpoint -> prints ms until stat answers
+wait_ready() { # endpoint -> prints ms until stat answers (fails if pycomd exits first)
   local start end; start=$(date +%s%N)
-  until "$bin/pycomctl" --nameserver "$1" --timeout 50 stat >/dev/null 2>&1; do sleep 0.005; done
+  until "$PYCOMCTL" --nameserver "$1" --timeout 50 stat >/dev/null 2>&1; do
+    if [[ -n "${pycomd:-}" ]] && ! kill -0 "$pycomd" 2>/dev/null; then echo "pycomd exited before serving" >&2; return 1; fi
+    sleep 0.005
+  done
   end=$(date +%s%N); echo $(( (end - start) / 1000000 ))
 }
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+start_pycomd() { # data dir [endpoint] -> sets $ns and $pycomd (a new free port unless given)
+  ns="${2:-tcp://127.0.0.1:$(free_port)}"
+  "$PYCOMD" --listen "$ns" --data-dir "$1" --log-level warn & pids+=($!); pycomd=$!
+}
+stop_pycomd() { # SIGTERM, wait; sets $stopped_ms (until the process has exited)
+  local start end; start=$(date +%s%N)
+  kill -TERM "$pycomd"; wait "$pycomd" || true
+  end=$(date +%s%N); stopped_ms=$(( (end - start) / 1000000 )); pycomd=
+}
+store_counters() { # -> "writes flushes" from pycomd's stat ("- -" if it has no such counters)
+  "$PYCOMCTL" --nameserver "$ns" --json stat | python3 -c 'import json, sys
+s = json.load(sys.stdin).get("store") or {}
+print(s.get("writes", "-"), s.get("flushes", "-"))'
+}
+thousands() { python3 -c "print(f'{int(\"$1\"):,}')"; }
 REPEAT="${REPEAT:-3}"
 # Each row: the median of $REPEAT runs, each followed by its raw-echo baseline.
 bench() { "$bin/pycom-bench" --quiet --duration "$DURATION" --repeat "$REPEAT" "$@" | tail -n +2; }
@@ -29,49 +70,104 @@ bench() { "$bin/pycom-bench" --quiet --duration "$DURATION" --repeat "$REPEAT" "
 echo "== machine"
 echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
-port=$(free_port); ns="tcp://127.0.0.1:$port"
-"$bin/pycomd" --listen "$ns" --data-dir "$work/data" --log-level warn & pids+=($!); pycomd=$!
-wait_ready "$ns" >/dev/null
-
 header() { printf '%-10s %7s %9s %10s %8s %8s %8s %7s | %10s %8s | %7s %7s\n' op clients in-flight req/s "p50 us" "p99 us" "p99.9 us" errors "echo req/s" "echo p50" "x req/s" "x p50"; }
-echo "== stat, locate (10,000 services): one request in flight, then pipelined"
-header
-bench --nameserver "$ns" --op stat --clients 1 --in-flight 1
-bench --nameserver "$ns" --op stat --clients 4 --in-flight 64
-bench --nameserver "$ns" --op locate --preload 10000 --clients 1 --in-flight 1
-bench --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64
 
-echo "== scaling: locate, 16 in flight per client"
-header
-bench --nameserver "$ns" --op locate --preload 10000 --scaling 1,4,16,64 --in-flight 16
+if block main; then
+  start_pycomd "$work/data"
+  wait_ready "$ns" >/dev/null
+  echo "== stat, locate (10,000 services): one request in flight, then pipelined"
+  header
+  bench --nameserver "$ns" --op stat --clients 1 --in-flight 1
+  bench --nameserver "$ns" --op stat --clients 4 --in-flight 64
+  bench --nameserver "$ns" --op locate --preload 10000 --clients 1 --in-flight 1
+  bench --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64
 
-echo "== durable register (64 clients), renew (pipelined)"
-header
-bench --nameserver "$ns" --op register --clients 64 --in-flight 1
-bench --nameserver "$ns" --op renew --preload 10000 --clients 4 --in-flight 64
+  echo "== scaling: locate, 16 in flight per client"
+  header
+  bench --nameserver "$ns" --op locate --preload 10000 --scaling 1,4,16,64 --in-flight 16
 
-echo "== invoke: pycom-client Component -> pycom-client echo service; raw pipelined DEALER -> same service"
-header
-bench --op invoke --clients 4
-bench --op invoke-raw --clients 4 --in-flight 64
+  echo "== durable register (64 clients), renew (pipelined)"
+  header
+  bench --nameserver "$ns" --op register --clients 64 --in-flight 1
+  bench --nameserver "$ns" --op renew --preload 10000 --clients 4 --in-flight 64
 
-echo "== memory and restart with 100,000 leased services"
-kill -TERM "$pycomd"; wait "$pycomd" || true
-port=$(free_port); ns="tcp://127.0.0.1:$port"
-rm -rf "$work/big"
-"$bin/pycomd" --listen "$ns" --data-dir "$work/big" --log-level warn & pids+=($!); pycomd=$!
-wait_ready "$ns" >/dev/null
-echo "RSS empty: $(rss_mb "$pycomd") MB"
-"$bin/pycom-bench" --quiet --nameserver "$ns" --op renew --preload 100000 --clients 1 --duration 0.5 --no-baseline >/dev/null
-echo "RSS with 100,000 services: $(rss_mb "$pycomd") MB"
-kill -TERM "$pycomd"; wait "$pycomd" || true
-"$bin/pycomd" --listen "$ns" --data-dir "$work/big" --log-level warn & pids+=($!); pycomd=$!
-echo "restart with 100,000 records: serving after $(wait_ready "$ns") ms (pycomctl polling every 5 ms)"
-echo "RSS after restart: $(rss_mb "$pycomd") MB"
-kill -TERM "$pycomd"; wait "$pycomd" || true
+  echo "== invoke: pycom-client Component -> pycom-client echo service; raw pipelined DEALER -> same service"
+  header
+  bench --op invoke --clients 4
+  bench --op invoke-raw --clients 4 --in-flight 64
+
+  stop_pycomd
+fi
+
+if block durable; then
+  # (a) the disk's own fdatasync, on the data dir's filesystem (a sibling
+  # dir, so pycomd's dir holds only its own files); (b) durable register at
+  # each client count, with its raw-echo baseline; (c) the implied
+  # group-commit factor, against pycomd's own writes/flushes counters.
+  echo "== durable register: fdatasync on the data dir's filesystem, then register at $REGISTER_CLIENTS clients (1 in flight each)"
+  mkdir -p "$work/durable" "$work/fsync-probe"
+  echo "data dir $work/durable on: $(findmnt -n -o SOURCE,FSTYPE,OPTIONS -T "$work/durable" || df -T "$work/durable" | tail -1)"
+  if [[ $(stat -c %d "$work/fsync-probe") != $(stat -c %d "$work/durable") ]]; then
+    echo "warning: the fdatasync probe dir is not on the data dir's filesystem" >&2
+  fi
+  start_pycomd "$work/durable"
+  wait_ready "$ns" >/dev/null
+  header
+  sync_out=$(bench --op fdatasync --dir "$work/fsync-probe")
+  echo "$sync_out"
+  sync_row=$(awk '$1 == "fdatasync"' <<<"$sync_out")
+  sync_rate=$(awk '{print $4}' <<<"$sync_row"); sync_p50=$(awk '{print $5}' <<<"$sync_row")
+  rows=()
+  for n in $REGISTER_CLIENTS; do
+    read -r w0 f0 < <(store_counters)
+    line=$(bench --nameserver "$ns" --op register --clients "$n" --in-flight 1)
+    read -r w1 f1 < <(store_counters)
+    echo "$line"
+    rows+=("$n $(awk '{print $4}' <<<"$line") $w0 $f0 $w1 $f1")
+  done
+  echo "group commit: acknowledged registers per fdatasync (fdatasync p50 $sync_p50 us, $sync_rate syncs/s one at a time)"
+  printf '%7s %10s %16s %17s %14s\n' clients "reg/s" "per sync @p50" "per sync @mean" "writes/flush"
+  for r in "${rows[@]}"; do
+    awk -v p50="$sync_p50" -v srate="$sync_rate" '{
+      n = $1; rps = $2; w0 = $3; f0 = $4; w1 = $5; f1 = $6
+      measured = (w0 ~ /^[0-9]+$/ && f1 ~ /^[0-9]+$/ && f1 > f0) ? sprintf("%.1f", (w1 - w0) / (f1 - f0)) : "-"
+      printf "%7s %10.0f %16.1f %17.1f %14s\n", n, rps, rps * p50 / 1e6, (srate > 0 ? rps / srate : 0), measured
+    }' <<<"$r"
+  done
+  echo "(per sync @p50 = reg/s x fdatasync p50 in s: registers acknowledged per fdatasync if every sync took the p50;"
+  echo " @mean: the same with the mean sync time, reg/s / syncs/s; writes/flush: pycomd's own store counters over the register runs)"
+  stop_pycomd
+fi
+
+if block restart; then
+  for size in $RESTART_SIZES; do
+    label=$(thousands "$size")
+    echo "== memory and restart with $label leased services"
+    dir="$work/restart-$size"
+    # Room for the preload and pycomd's own record (default max_records is 1,000,000).
+    export PYCOMD_MAX_RECORDS=$(( size + 1000 ))
+    start_pycomd "$dir"
+    wait_ready "$ns" >/dev/null
+    echo "RSS empty: $(rss_mb "$pycomd") MB"
+    "$bin/pycom-bench" --quiet --nameserver "$ns" --preload-only --preload "$size" \
+      --preload-clients "$PRELOAD_CLIENTS" --preload-in-flight "$PRELOAD_IN_FLIGHT"
+    echo "RSS with $label services: $(rss_mb "$pycomd") MB"
+    stop_pycomd
+    echo "stopped (SIGTERM until exit) in $stopped_ms ms; data dir $(du -sh "$dir" | cut -f1)"
+    start_pycomd "$dir" "$ns"
+    ms=$(wait_ready "$ns")
+    echo "restart with $label records: serving after $ms ms (pycomctl polling every 5 ms)"
+    echo "RSS after restart: $(rss_mb "$pycomd") MB; services: $("$PYCOMCTL" --nameserver "$ns" --json stat | python3 -c 'import json, sys; print(json.load(sys.stdin)["services"])')"
+    stop_pycomd
+    rm -rf "$dir"
+  done
+  unset PYCOMD_MAX_RECORDS
+fi
 
 venv=target/py-peers
-if "$venv/bin/python" -c 'import pycom' 2>/dev/null; then
+if ! block peers; then
+  :
+elif "$venv/bin/python" -c 'import pycom' 2>/dev/null; then
   echo "== PyCOM 0.3.2 nameserver (Python), same tool"
   header
   port=$(free_port); old="tcp://127.0.0.1:$port"

@@ -3,12 +3,17 @@
 //!
 //! ```text
 //! pycom-bench --op locate --preload 10000 --clients 4 --in-flight 64 --duration 5
+//! pycom-bench --op fdatasync --dir /var/lib/pycomd --duration 5
+//! pycom-bench --preload-only --preload 1000000 --preload-clients 8
 //! ```
 //!
 //! Every run of the operation is followed by the same load on a raw
 //! ZeroMQ echo (a ROUTER bouncing frames, started by the tool), and the
-//! ratio between the two is printed.
+//! ratio between the two is printed. `fdatasync` is the exception: it
+//! measures the disk alone (append a record, fdatasync, repeat), so there is
+//! nothing to compare with an echo.
 
+mod disk;
 mod load;
 mod ops;
 mod servers;
@@ -16,6 +21,7 @@ mod servers;
 use clap::{Parser, ValueEnum};
 use load::{Load, Summary};
 use serde_json::json;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,9 @@ pub enum Op {
     Invoke,
     /// Pipelined raw DEALER calls to the pycom-client echo service.
     InvokeRaw,
+    /// The disk alone: append a --record-bytes record to a file in --dir and
+    /// fdatasync it, one thread (no nameserver, no raw echo baseline).
+    Fdatasync,
 }
 
 #[derive(Parser, Debug)]
@@ -62,6 +71,21 @@ struct Cli {
     /// Services registered before locate/renew runs
     #[arg(long, default_value_t = 10_000)]
     preload: usize,
+    /// Client sockets (threads) registering the --preload services in parallel
+    #[arg(long, default_value_t = 4)]
+    preload_clients: usize,
+    /// Registers each preload client keeps in flight
+    #[arg(long, default_value_t = 256)]
+    preload_in_flight: usize,
+    /// Only register the --preload services (leased for an hour), report how long it took, and exit
+    #[arg(long)]
+    preload_only: bool,
+    /// Directory for --op fdatasync: put it on the filesystem of pycomd's data dir
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Bytes appended before each fdatasync (--op fdatasync): about one log entry
+    #[arg(long, default_value_t = 200)]
+    record_bytes: usize,
     /// Worker threads of the echo service (invoke)
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -101,7 +125,17 @@ fn run(cli: &Cli) -> Result<(), String> {
         return Err("--duration and --in-flight must be positive".into());
     }
     let ctx = zmq::Context::new();
+    let preloader = ops::Preload {
+        clients: cli.preload_clients,
+        in_flight: cli.preload_in_flight,
+    };
+    if cli.preload_only {
+        return preload_only(cli, &ctx, &preloader);
+    }
     let duration = Duration::from_secs_f64(cli.duration);
+    if cli.op == Op::Fdatasync {
+        return fdatasync(cli, duration);
+    }
     let echo = if cli.no_baseline {
         None
     } else {
@@ -117,7 +151,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let bodies = ops::Bodies::prepare(cli.op, cli.preload);
     if bodies.needs_preload() {
         let started = Instant::now();
-        ops::preload(&ctx, &target, cli.preload)?;
+        preloader.run(&ctx, &target, cli.preload)?;
         if !cli.quiet {
             eprintln!(
                 "preloaded {} services in {:.2} s",
@@ -131,23 +165,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     } else {
         cli.scaling.clone()
     };
-    if !cli.json {
-        println!(
-            "{:<10} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>8} | {:>7} {:>7}",
-            "op",
-            "clients",
-            "in-flight",
-            "req/s",
-            "p50 us",
-            "p99 us",
-            "p99.9 us",
-            "errors",
-            "echo req/s",
-            "echo p50",
-            "x req/s",
-            "x p50"
-        );
-    }
+    print_header(cli);
     for clients in counts {
         let in_flight = if cli.op == Op::Invoke { 1 } else { cli.in_flight };
         let label = format!("{:?}", cli.op).to_lowercase();
@@ -189,14 +207,97 @@ fn run(cli: &Cli) -> Result<(), String> {
             };
             runs.push((measured, baseline));
         }
-        // The median run, by throughput ratio (by throughput without a baseline).
-        let key = |(m, b): &(Summary, Option<Summary>)| match b {
-            Some(b) if b.throughput > 0.0 => m.throughput / b.throughput,
-            _ => m.throughput,
-        };
-        runs.sort_by(|x, y| key(x).total_cmp(&key(y)));
-        let (measured, baseline) = &runs[runs.len() / 2];
+        let (measured, baseline) = median(&mut runs);
         report(cli, &label, clients, in_flight, measured, baseline.as_ref());
+    }
+    Ok(())
+}
+
+/// The median run, by throughput ratio (by throughput without a baseline).
+fn median(runs: &mut [(Summary, Option<Summary>)]) -> &(Summary, Option<Summary>) {
+    let key = |(m, b): &(Summary, Option<Summary>)| match b {
+        Some(b) if b.throughput > 0.0 => m.throughput / b.throughput,
+        _ => m.throughput,
+    };
+    runs.sort_by(|x, y| key(x).total_cmp(&key(y)));
+    &runs[runs.len() / 2]
+}
+
+fn print_header(cli: &Cli) {
+    if !cli.json {
+        println!(
+            "{:<10} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>8} | {:>7} {:>7}",
+            "op",
+            "clients",
+            "in-flight",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "errors",
+            "echo req/s",
+            "echo p50",
+            "x req/s",
+            "x p50"
+        );
+    }
+}
+
+/// `--preload-only`: register the --preload services and say how fast.
+fn preload_only(cli: &Cli, ctx: &zmq::Context, preloader: &ops::Preload) -> Result<(), String> {
+    let started = Instant::now();
+    preloader.run(ctx, &cli.nameserver, cli.preload)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = if elapsed > 0.0 {
+        cli.preload as f64 / elapsed
+    } else {
+        0.0
+    };
+    if cli.json {
+        let line = json!({
+            "op": "preload", "services": cli.preload, "clients": preloader.clients,
+            "in_flight": preloader.in_flight, "elapsed_s": elapsed, "throughput": rate,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "preloaded {} services in {elapsed:.2} s ({rate:.0}/s; {} clients x {} in flight)",
+            cli.preload, preloader.clients, preloader.in_flight
+        );
+    }
+    Ok(())
+}
+
+/// `--op fdatasync`: the disk's own latency, one thread, reported in the
+/// same row and JSON shape as the other operations, without a baseline.
+fn fdatasync(cli: &Cli, duration: Duration) -> Result<(), String> {
+    let dir = cli
+        .dir
+        .as_deref()
+        .ok_or("--op fdatasync needs --dir DIR (on the filesystem to measure)")?;
+    disk::check_dir(dir)?;
+    if cli.clients != 1 || cli.scaling.iter().any(|&c| c != 1) || cli.in_flight != 1 {
+        return Err("--op fdatasync runs one thread with one write in flight: drop --clients, --scaling and --in-flight".into());
+    }
+    let probe = disk::Fdatasync {
+        dir,
+        record_bytes: cli.record_bytes,
+        duration,
+        progress: !cli.quiet,
+    };
+    print_header(cli);
+    let mut runs = Vec::with_capacity(cli.repeat);
+    for _ in 0..cli.repeat.max(1) {
+        runs.push((probe.run()?.summary(), None));
+    }
+    let (measured, _) = median(&mut runs);
+    report(cli, "fdatasync", 1, 1, measured, None);
+    if !cli.json {
+        println!(
+            "(fdatasync: the disk alone, no raw echo baseline; {} B appended to a file in {} and fdatasync'd, one thread; latency = write + fdatasync)",
+            probe.record_bytes.max(1),
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -206,11 +307,15 @@ fn report(cli: &Cli, op: &str, clients: usize, in_flight: usize, m: &Summary, ba
     let tput_ratio = base.map(|b| ratio(m.throughput, b.throughput));
     let p50_ratio = base.map(|b| ratio(m.p50_us as f64, b.p50_us as f64));
     if cli.json {
-        let line = json!({
+        let mut line = json!({
             "op": op, "clients": clients, "in_flight": in_flight, "duration_s": cli.duration, "repeat": cli.repeat,
             "result": m, "raw_echo": base,
             "throughput_ratio": tput_ratio, "p50_ratio": p50_ratio,
         });
+        if cli.op == Op::Fdatasync {
+            line["dir"] = json!(cli.dir);
+            line["record_bytes"] = json!(cli.record_bytes.max(1));
+        }
         println!("{line}");
         return;
     }

@@ -37,7 +37,7 @@ impl Bodies {
             Op::Renew => (0..n)
                 .map(|i| call("renew", json!({"service": preloaded(i).1, "address": ADDRESS})))
                 .collect(),
-            Op::Register => Vec::new(),
+            Op::Register | Op::Fdatasync => Vec::new(),
             Op::Invoke | Op::InvokeRaw => vec![
                 json!({"version": "1.0", "interface": "bench.echo", "method": "echo",
                 "args": {"n": 1, "text": "hello"}})
@@ -71,43 +71,114 @@ impl Bodies {
     }
 }
 
-/// Register `n` leased services, pipelined, PyCOM 0.3 style (`interface`).
-pub fn preload(ctx: &zmq::Context, endpoint: &str, n: usize) -> Result<(), String> {
+/// How to preload: `clients` DEALER sockets (one thread each), each keeping
+/// up to `in_flight` registers outstanding.
+#[derive(Debug, Clone, Copy)]
+pub struct Preload {
+    pub clients: usize,
+    pub in_flight: usize,
+}
+
+/// How long a preload may go without a single reply before giving up.
+const PRELOAD_STALL: Duration = Duration::from_secs(60);
+
+impl Preload {
+    /// Register leased services `0..n` (`bench.pre.{i}`, one hour lease),
+    /// PyCOM 0.3 style (`interface`). Client `c` registers every
+    /// `clients`-th record from `c`, so the union is exactly `0..n`.
+    pub fn run(&self, ctx: &zmq::Context, endpoint: &str, n: usize) -> Result<(), String> {
+        let clients = self.clients.clamp(1, n.max(1));
+        let in_flight = self.in_flight.max(1);
+        let abort = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..clients)
+                .map(|c| {
+                    let abort = &abort;
+                    scope.spawn(move || {
+                        let r = preload_part(ctx, endpoint, n, c, clients, in_flight, abort);
+                        if r.is_err() {
+                            abort.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        r
+                    })
+                })
+                .collect();
+            let mut first_error = None;
+            for h in handles {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err("a preload thread panicked".into()));
+                if let (Err(e), None) = (r, &first_error) {
+                    first_error = Some(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+}
+
+fn register_body(i: usize) -> String {
+    let (interface, service) = preloaded(i);
+    // Names are plain ASCII: no JSON escaping needed.
+    format!(
+        r#"{{"version":"1.0","interface":"org.pycom.nameserver","method":"register","args":{{"service":"{service}","address":"{ADDRESS}","interface":"{interface}","ttl_ms":3600000}}}}"#
+    )
+}
+
+/// One preload client: records `first, first + step, ...` below `n`.
+fn preload_part(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    n: usize,
+    first: usize,
+    step: usize,
+    in_flight: usize,
+    abort: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
     let socket = ctx.socket(zmq::DEALER).map_err(|e| e.to_string())?;
     socket.set_linger(0).map_err(|e| e.to_string())?;
+    socket.set_sndhwm(0).map_err(|e| e.to_string())?;
+    socket.set_rcvhwm(0).map_err(|e| e.to_string())?;
     socket.connect(endpoint).map_err(|e| e.to_string())?;
-    let (mut sent, mut got) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while got < n {
-        while sent < n && sent - got < 256 {
-            let (interface, service) = preloaded(sent);
-            let body = json!({"version": "1.0", "interface": "org.pycom.nameserver", "method": "register",
-                "args": {"service": service, "address": ADDRESS, "interface": interface, "ttl_ms": 3_600_000}});
+    let total = if first < n { (n - first).div_ceil(step) } else { 0 };
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut last_reply = Instant::now();
+    while got < total {
+        if abort.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(()); // Another client failed and says why.
+        }
+        while sent < total && sent - got < in_flight {
+            let body = register_body(first + sent * step);
             socket
-                .send_multipart([&b""[..], b"CALL", body.to_string().as_bytes()], 0)
+                .send_multipart([&b""[..], b"CALL", body.as_bytes()], 0)
                 .map_err(|e| e.to_string())?;
             sent += 1;
         }
-        if Instant::now() > deadline {
-            return Err(format!("preload stalled after {got} of {n} registrations"));
-        }
-        if socket.poll(zmq::POLLIN, 1000).map_err(|e| e.to_string())? == 0 {
-            continue;
-        }
-        let frames = socket.recv_multipart(0).map_err(|e| e.to_string())?;
-        let ok = frames
-            .get(2)
-            .is_some_and(|b| b.starts_with(br#"{"code":0"#) || b.starts_with(br#"{"code": 0"#));
-        if !ok {
+        if last_reply.elapsed() > PRELOAD_STALL {
             return Err(format!(
-                "preload: register refused: {}",
-                frames
-                    .get(2)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default()
+                "preload stalled: no reply for {} s (client {first}: {got} of {total} registered)",
+                PRELOAD_STALL.as_secs()
             ));
         }
-        got += 1;
+        if socket.poll(zmq::POLLIN, 100).map_err(|e| e.to_string())? == 0 {
+            continue;
+        }
+        while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+            let ok = frames
+                .get(2)
+                .is_some_and(|b| b.starts_with(br#"{"code":0"#) || b.starts_with(br#"{"code": 0"#));
+            if !ok {
+                return Err(format!(
+                    "preload: register refused: {}",
+                    frames
+                        .get(2)
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default()
+                ));
+            }
+            got += 1;
+            last_reply = Instant::now();
+        }
     }
     Ok(())
 }
