@@ -3,14 +3,15 @@
 
 use crate::binary::{Attachment, Binary, Limits};
 use crate::connection::Connection;
-use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::locate::Locator;
 use crate::proto::{Code, Request};
 use crate::proxy::Invoker;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// When a failed call is tried again.
@@ -88,12 +89,13 @@ pub struct Output {
 }
 
 /// A remote interface. Not shared between threads: make one per thread
-/// (they are cheap; the [`Context`] is shared).
+/// (they are cheap; the [`Context`](crate::Context) is shared).
 pub struct Component {
-    ctx: Context,
+    zmq: zmq::Context,
+    /// Where to ask for the service's new address; `None`: never re-located.
+    locator: Option<Arc<dyn Locator>>,
     interface: String,
     service: Option<String>,
-    relocatable: bool,
     conn: Connection,
     session_id: Option<String>,
     retry: RetryPolicy,
@@ -101,20 +103,23 @@ pub struct Component {
 }
 
 impl Component {
+    /// A component calling `interface` at `address`, re-located through
+    /// `locator` (if any) when a call fails in transport.
     pub(crate) fn new(
-        ctx: Context,
+        zmq: &zmq::Context,
+        timeout: Duration,
+        locator: Option<Arc<dyn Locator>>,
         interface: &str,
         service: Option<&str>,
         address: &str,
-        relocatable: bool,
     ) -> Result<Component> {
-        let mut conn = Connection::open(ctx.zmq(), address)?;
-        conn.set_timeout(ctx.default_timeout());
+        let mut conn = Connection::open(zmq, address)?;
+        conn.set_timeout(timeout);
         Ok(Component {
-            ctx,
+            zmq: zmq.clone(),
+            locator,
             interface: interface.to_string(),
             service: service.map(str::to_string),
-            relocatable,
             conn,
             session_id: None,
             retry: RetryPolicy::default(),
@@ -220,16 +225,13 @@ impl Component {
 
     /// Ask the nameserver where the service is now; move there if it moved.
     fn relocate(&mut self) {
-        if !self.relocatable {
+        let Some(locator) = &self.locator else {
             return;
-        }
-        let found = self
-            .ctx
-            .nameserver()
-            .locate(&self.interface, self.service.as_deref());
+        };
+        let found = locator.provider(&self.interface, self.service.as_deref());
         match found {
             Ok(info) if info.address != self.conn.endpoint() => {
-                match Connection::open(self.ctx.zmq(), &info.address) {
+                match Connection::open(&self.zmq, &info.address) {
                     Ok(mut conn) => {
                         conn.set_timeout(self.conn.timeout());
                         tracing::info!(interface = %self.interface, from = %self.conn.endpoint(), to = %info.address, "service moved");

@@ -4,7 +4,8 @@
 use crate::component::Component;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::nameserver::{NameserverClient, DEFAULT_ENDPOINT};
+use crate::locate::Locator;
+use crate::nameserver::{NameserverClient, ServiceInfo, DEFAULT_ENDPOINT};
 use crate::proxy::Invoker;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -99,18 +100,38 @@ impl Context {
     /// A component for any live provider of `interface`.
     pub fn locate(&self, interface: &str) -> Result<Component> {
         let info = self.nameserver().locate(interface, None)?;
-        Component::new(self.clone(), interface, None, &info.address, true)
+        self.component(interface, None, &info.address, true)
     }
 
     /// A component for `interface` provided by the service `service`.
     pub fn locate_service(&self, interface: &str, service: &str) -> Result<Component> {
         let info = self.nameserver().locate(interface, Some(service))?;
-        Component::new(self.clone(), interface, Some(service), &info.address, true)
+        self.component(interface, Some(service), &info.address, true)
     }
 
     /// A component for `interface` at a known address (never re-located).
     pub fn connect(&self, address: &str, interface: &str) -> Result<Component> {
-        Component::new(self.clone(), interface, None, address, false)
+        self.component(interface, None, address, false)
+    }
+
+    /// A component at `address`; a relocatable one asks this context's
+    /// nameservers where its service went when a call fails in transport.
+    fn component(
+        &self,
+        interface: &str,
+        service: Option<&str>,
+        address: &str,
+        relocatable: bool,
+    ) -> Result<Component> {
+        let locator = relocatable.then(|| Arc::new(self.clone()) as Arc<dyn Locator>);
+        Component::new(
+            self.zmq(),
+            self.default_timeout(),
+            locator,
+            interface,
+            service,
+            address,
+        )
     }
 
     fn take_connection(&self, index: usize) -> Result<Connection> {
@@ -134,6 +155,13 @@ impl Context {
         if pool.len() < 16 {
             pool.push((index, conn));
         }
+    }
+}
+
+impl Locator for Context {
+    /// Asks the nameservers, with failover (as [`Context::nameserver`]).
+    fn provider(&self, interface: &str, service: Option<&str>) -> Result<ServiceInfo> {
+        self.nameserver().locate(interface, service)
     }
 }
 

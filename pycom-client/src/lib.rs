@@ -6,7 +6,9 @@
 //!   threads; [`Context::locate`] gives a [`Component`].
 //! - [`Component::invoke`] / [`invoke_as`](Component::invoke_as): a call
 //!   with a timeout, retried on a live provider after the service restarts
-//!   or moves ([`RetryPolicy`] says which methods are safe to retry).
+//!   or moves ([`RetryPolicy`] says which methods are safe to retry). A
+//!   component re-locates through a [`Locator`] ([`locate`]), which the
+//!   context implements, and does not hold the context itself.
 //! - [`Binary`] attachments out, [`Attachment`]s back (spilled to temporary
 //!   files above a threshold, bounded by [`Limits`]).
 //!
@@ -37,6 +39,7 @@ pub mod component;
 pub mod connection;
 pub mod context;
 pub mod error;
+pub mod locate;
 pub mod nameserver;
 pub mod proto;
 pub mod proxy;
@@ -48,6 +51,7 @@ pub use component::{Component, Output, RetryPolicy};
 pub use connection::{Connection, Reply, DEFAULT_TIMEOUT};
 pub use context::{Context, NameserverHandle};
 pub use error::{Error, Result};
+pub use locate::Locator;
 pub use nameserver::{NameserverClient, Registration, ServiceInfo};
 pub use proto::{Code, Fault};
 #[doc(hidden)]

@@ -84,21 +84,17 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     let poster = || mailbox.poster().map_err(Failure::Start);
 
     let me = Record {
-        service: SERVICE.to_string(),
+        service: SERVICE.into(),
         address: address.clone(),
         interfaces: vec![INTERFACE.to_string()],
         metadata: [("version".to_string(), env!("CARGO_PKG_VERSION").to_string())].into(),
         ttl_ms: None,
         revision: 0,
     };
-    let state = opened.state.clone();
-    let last = opened.last;
-    let _lock = opened
-        .lock
-        .try_clone()
-        .map_err(|e| Failure::Start(format!("data dir lock: {e}")))?;
+    let recovery::Opened { state, files } = opened;
+    let last = files.last;
     let log = LocalLog::start(
-        opened,
+        files,
         LocalSettings {
             data_dir: settings.data_dir.clone(),
             sync,
@@ -108,42 +104,26 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     )
     .map_err(Failure::Start)?;
 
-    // Every lease starts a full term; every probed record is probed again.
-    let now = Instant::now();
-    let mut leases = leases::Leases::default();
     let probe_settings = prober::ProbeSettings {
         interval: Duration::from_millis(settings.probe_interval_ms),
         timeout: Duration::from_millis(settings.probe_timeout_ms),
         failures: settings.probe_failures,
     };
     let (probe_tx, probe_thread) = prober::spawn(ctx.clone(), probe_settings, poster()?);
-    for record in state.records() {
-        match record.ttl_ms {
-            Some(ttl) => leases.grant(&record.service, record.revision, ttl, now),
-            None => {
-                let _ = probe_tx.send(prober::ProbeCmd::Watch {
-                    service: record.service.clone(),
-                    address: record.address.clone(),
-                    revision: record.revision,
-                });
-            }
-        }
-    }
-    let registry = Registry::new(state, vec![me]);
+    // Every lease starts a full term: its owner may have renewed while
+    // pycomd was down. Built beside the index, on the other core.
+    let indexing = Instant::now();
+    let (registry, leases) = Registry::new_alongside(state, vec![me], |state| {
+        let leased = state
+            .records()
+            .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
+        leases::Leases::start(leased, Instant::now())
+    });
+    let index_ms = indexing.elapsed().as_millis() as u64;
     let (signal_handle, signal_thread) = signals::spawn(poster()?).map_err(Failure::Start)?;
 
-    info!(
-        endpoint = %address,
-        data_dir = %settings.data_dir.display(),
-        records = registry.state().len(),
-        log_index = last.index,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "pycomd {} serving",
-        env!("CARGO_PKG_VERSION")
-    );
-    notify::ready();
-
-    let server = server::Server {
+    let records = registry.state().len();
+    let mut server = server::Server {
         router,
         mailbox,
         registry,
@@ -157,6 +137,19 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         outbox: Default::default(),
         drops_logged: None,
     };
+    server.probe_all();
+
+    info!(
+        endpoint = %address,
+        data_dir = %server.settings.data_dir.display(),
+        records,
+        log_index = last.index,
+        index_ms,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "pycomd {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    notify::ready();
     let stopped = server.run();
 
     signal_handle.close();

@@ -16,7 +16,7 @@ use crate::mailbox::{Event, Mailbox, Signal};
 use crate::nameserver::{self, Context, Plan, Stats};
 use crate::notify;
 use crate::prober::ProbeCmd;
-use crate::registry::{Applied, ChangeKind, Command, Registry};
+use crate::registry::{Applied, ChangeKind, Command, Record, Registry};
 use pycom_client::nameserver::INTERFACE;
 use pycom_client::proto::{self, DecodeError, Fault};
 use pycom_client::router::{self, Incoming, Outbox};
@@ -112,6 +112,10 @@ impl Server {
                 }
             }
             if let Flow::Stopped(stopped) = flow {
+                // pycomd is exiting: freeing a million records one by one
+                // would only delay it by a second.
+                std::mem::forget(self.registry);
+                std::mem::forget(self.leases);
                 return stopped;
             }
         }
@@ -222,6 +226,7 @@ impl Server {
     /// Leases that ran out: propose their expiry (reads already skip them).
     fn expire(&mut self, now: Instant) {
         for (service, revision) in self.leases.due(now) {
+            let service = service.to_string();
             self.propose(Command::Expire { service, revision }, None);
         }
     }
@@ -308,27 +313,16 @@ impl Server {
             if change.removes() {
                 self.leases.revoke(&record.service);
                 let _ = self.prober.send(ProbeCmd::Unwatch {
-                    service: record.service.clone(),
+                    service: record.service.to_string(),
                 });
             }
         }
         if let Ok(Applied::Registered(record)) = &result {
-            match record.ttl_ms {
-                Some(ttl) => {
-                    self.leases.grant(&record.service, record.revision, ttl, now);
-                    let _ = self.prober.send(ProbeCmd::Unwatch {
-                        service: record.service.clone(),
-                    });
-                }
-                None => {
-                    self.leases.revoke(&record.service);
-                    let _ = self.prober.send(ProbeCmd::Watch {
-                        service: record.service.clone(),
-                        address: record.address.clone(),
-                        revision: record.revision,
-                    });
-                }
-            }
+            // Only a record that was probed before has probes to stop.
+            let was_probed = changes
+                .iter()
+                .any(|c| c.previous.as_ref().is_some_and(|p| p.ttl_ms.is_none()));
+            self.watch(record, now, was_probed);
         }
         if let Err(fault) = &result {
             debug!(
@@ -344,6 +338,40 @@ impl Server {
             }
             self.outbox
                 .push(reply.envelope, proto::STATUS_OK, nameserver::written(&result));
+        }
+    }
+
+    /// How a record is kept alive, the one place that decides: with a
+    /// lease (a full term from `now`), or, without one, by probes.
+    fn watch(&mut self, record: &Record, now: Instant, was_probed: bool) {
+        match record.ttl_ms {
+            Some(ttl) => {
+                self.leases.grant(&record.service, record.revision, ttl, now);
+                if was_probed {
+                    let _ = self.prober.send(ProbeCmd::Unwatch {
+                        service: record.service.to_string(),
+                    });
+                }
+            }
+            None => {
+                self.leases.revoke(&record.service);
+                let _ = self.prober.send(ProbeCmd::Watch {
+                    service: record.service.to_string(),
+                    address: record.address.clone(),
+                    revision: record.revision,
+                });
+            }
+        }
+    }
+
+    /// At start: every lease-less record is probed again.
+    pub fn probe_all(&mut self) {
+        for record in self.registry.state().records().filter(|r| r.ttl_ms.is_none()) {
+            let _ = self.prober.send(ProbeCmd::Watch {
+                service: record.service.to_string(),
+                address: record.address.clone(),
+                revision: record.revision,
+            });
         }
     }
 

@@ -17,7 +17,7 @@
 //! the newest two, and the writer removes the log segments before the
 //! older one.
 
-use super::recovery::{self, Opened};
+use super::recovery::{self, LogFiles};
 use super::snapshot::{self, SnapshotData};
 use super::wal::{self, local_id};
 use super::{Committed, Entry, Log, LogId, LogStats, Payload, Proposal, Refused};
@@ -64,6 +64,8 @@ enum Job {
 }
 
 pub struct LocalLog {
+    /// The data dir's lock, held as long as the log is open.
+    _lock: std::fs::File,
     jobs: Option<SyncSender<Job>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
@@ -72,7 +74,7 @@ pub struct LocalLog {
 impl LocalLog {
     /// Start the writer (and compactor) on a verified, opened data dir.
     /// `poster` is the writer's handle on the server's mailbox.
-    pub fn start(opened: Opened, settings: LocalSettings, poster: Poster) -> Result<LocalLog, String> {
+    pub fn start(opened: LogFiles, settings: LocalSettings, poster: Poster) -> Result<LocalLog, String> {
         let counters = Arc::new(Counters::default());
         counters.last_index.store(opened.last.index, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -110,6 +112,7 @@ impl LocalLog {
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the log thread: {e}"))?;
         Ok(LocalLog {
+            _lock: opened.lock,
             jobs: Some(tx),
             counters,
             writer: Some(handle),
@@ -345,7 +348,8 @@ fn replay(log_dir: &Path, state: &mut State, last: &mut LogId, upto: u64) -> Res
         if next_first.is_some_and(|n| n <= last.index + 1) || *first > upto {
             continue;
         }
-        let scan = wal::scan(path, *first).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let scan = wal::scan_from(path, *first, last.index + 1)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         for entry in scan.entries {
             if entry.log_id.index <= last.index {
                 continue;

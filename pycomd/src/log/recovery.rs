@@ -28,18 +28,21 @@ pub struct Options {
     pub recover: bool,
 }
 
-/// A data dir, verified and read.
+/// A data dir, verified and read: the state, and the files the log goes on with.
 pub struct Opened {
     pub state: State,
+    pub files: LogFiles,
+}
+
+/// The log's files, open for writing.
+pub struct LogFiles {
     /// The newest entry the state includes.
     pub last: LogId,
     pub writer: wal::Writer,
     /// The snapshots kept, oldest first.
     pub snapshots: Vec<(u64, PathBuf)>,
-    /// Held while pycomd runs: a second pycomd on the same dir is refused.
+    /// Held while the log is open: a second pycomd on the same dir is refused.
     pub lock: File,
-    /// What opening did, for the start-up log line.
-    pub replayed: u64,
 }
 
 pub fn log_dir(data_dir: &Path) -> PathBuf {
@@ -72,43 +75,65 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
     let segments = wal::list(&log_dir).map_err(dir_err)?;
     let log_start = segments.first().map(|(first, _)| *first);
 
-    // The newest snapshot that verifies; a damaged one is set aside only with --recover.
-    let (mut state, mut last) = (State::default(), LogId::default());
-    while let Some((index, path)) = snapshots.last().cloned() {
-        match snapshot::read(&path) {
-            Ok(data) => {
-                (state, last) = data.into_state();
-                break;
-            }
-            Err(what) => {
-                let older = snapshots
-                    .len()
-                    .checked_sub(2)
-                    .map(|i| snapshots[i].0)
-                    .unwrap_or(0);
-                let reaches_back = log_start.is_some_and(|s| s <= older + 1);
-                let consequence = if reaches_back {
-                    format!(
-                        "set it aside and rebuild the state from {} and the log, dropping no acknowledged change",
-                        if older > 0 { format!("the snapshot at entry {older}") } else { "the start".into() }
-                    )
-                } else {
-                    format!("set it aside, but the log does not reach back to entry {}: changes up to entry {index} would be lost", older + 1)
-                };
-                recovery.damage(
-                    &path,
-                    &format!("fails verification: it {what}"),
-                    &consequence,
-                    std::slice::from_ref(&path),
-                )?;
-                recovery.set_aside(&path)?;
-                snapshots.pop();
-                if !reaches_back {
-                    recovery.dropped += index - older;
+    // Read the log on one core while the snapshot is read on the other:
+    // the segments are decoded from the newest snapshot's index on, which
+    // is what they are needed for unless that snapshot turns out damaged.
+    let hint = snapshots.last().map_or(0, |(index, _)| *index);
+    let (snapshot_read, mut prescanned) = std::thread::scope(|scope| {
+        let log_reader = scope.spawn(|| {
+            segments
+                .iter()
+                .map(|(first, path)| wal::scan_from(path, *first, hint + 1))
+                .collect::<Vec<_>>()
+        });
+        let snapshot_read = (|| -> Result<(State, LogId), String> {
+            // The newest snapshot that verifies; a damaged one is set aside only with --recover.
+            let (mut state, mut last) = (State::default(), LogId::default());
+            while let Some((index, path)) = snapshots.last().cloned() {
+                match snapshot::read(&path) {
+                    Ok(data) => {
+                        (state, last) = data.into_state();
+                        break;
+                    }
+                    Err(what) => {
+                        let older = snapshots
+                            .len()
+                            .checked_sub(2)
+                            .map(|i| snapshots[i].0)
+                            .unwrap_or(0);
+                        let reaches_back = log_start.is_some_and(|s| s <= older + 1);
+                        let consequence = if reaches_back {
+                            format!(
+                                "set it aside and rebuild the state from {} and the log, dropping no acknowledged change",
+                                if older > 0 { format!("the snapshot at entry {older}") } else { "the start".into() }
+                            )
+                        } else {
+                            format!("set it aside, but the log does not reach back to entry {}: changes up to entry {index} would be lost", older + 1)
+                        };
+                        recovery.damage(
+                            &path,
+                            &format!("fails verification: it {what}"),
+                            &consequence,
+                            std::slice::from_ref(&path),
+                        )?;
+                        recovery.set_aside(&path)?;
+                        snapshots.pop();
+                        if !reaches_back {
+                            recovery.dropped += index - older;
+                        }
+                    }
                 }
             }
-        }
+            Ok((state, last))
+        })();
+        (snapshot_read, log_reader.join().ok())
+    });
+    let (mut state, mut last) = snapshot_read?;
+    if last.index != hint {
+        // A damaged snapshot was set aside: the log is decoded afresh below.
+        prescanned = None;
     }
+    let mut prescanned = prescanned.map(Vec::into_iter);
 
     // The log after the snapshot.
     let mut kept: Vec<(u64, PathBuf)> = Vec::new();
@@ -117,8 +142,11 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
     let mut expected: Option<u64> = None;
     let mut iter = segments.iter().peekable();
     while let Some((first, path)) = iter.next() {
-        let scan = wal::scan(path, *first)
-            .map_err(|e| format!("cannot read the log segment {}: {e}", path.display()))?;
+        let scan = match prescanned.as_mut().and_then(Iterator::next) {
+            Some(scan) => scan,
+            None => wal::scan_from(path, *first, last.index + 1),
+        }
+        .map_err(|e| format!("cannot read the log segment {}: {e}", path.display()))?;
         if let Some(expected) = expected {
             if *first != expected {
                 let rest: Vec<PathBuf> = std::iter::once(path.clone())
@@ -152,7 +180,7 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
             replayed += 1;
         }
         // The log id of entries the snapshot covers, when the log has none after it.
-        expected = Some(first + scan.entries.len() as u64);
+        expected = Some(first + scan.count);
         valid_len = scan.valid_len;
         kept.push((*first, path.clone()));
         let is_last = iter.peek().is_none();
@@ -181,7 +209,7 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
                         .and_then(|n| n.parse::<u64>().ok())
                     {
                         drops += wal::scan(p, n)
-                            .map(|s| s.entries.len() as u64 + s.frames_after_damage)
+                            .map(|s| s.count + s.frames_after_damage)
                             .unwrap_or(0);
                     }
                 }
@@ -226,11 +254,12 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
     );
     Ok(Opened {
         state,
-        last,
-        writer,
-        snapshots,
-        lock,
-        replayed,
+        files: LogFiles {
+            last,
+            writer,
+            snapshots,
+            lock,
+        },
     })
 }
 

@@ -42,7 +42,13 @@ pub struct Scan {
     pub path: PathBuf,
     /// Index of its first entry (from the file name).
     pub first: u64,
+    /// The entries decoded (those from `decode_from` on; the frames
+    /// before it are only verified).
     pub entries: Vec<Entry>,
+    /// Whole, verified frames: the entries from `first` to `first + count - 1`.
+    pub count: u64,
+    /// Offset just after each entry's frame.
+    pub ends: Vec<u64>,
     /// Length of the valid part (magic and whole frames).
     pub valid_len: u64,
     pub tail: Tail,
@@ -87,11 +93,20 @@ pub fn encode_frame(buf: &mut Vec<u8>, payload: &[u8]) {
 
 /// Read and verify a whole segment.
 pub fn scan(path: &Path, first: u64) -> io::Result<Scan> {
+    scan_from(path, first, 0)
+}
+
+/// Read and verify a whole segment, decoding the entries from index
+/// `decode_from` on: the checksums of the others are verified, which is
+/// all a restart needs of entries a snapshot already holds.
+pub fn scan_from(path: &Path, first: u64, decode_from: u64) -> io::Result<Scan> {
     let bytes = std::fs::read(path)?;
     let mut scan = Scan {
         path: path.to_path_buf(),
         first,
         entries: Vec::new(),
+        count: 0,
+        ends: Vec::new(),
         valid_len: 0,
         tail: Tail::Clean,
         frames_after_damage: 0,
@@ -118,9 +133,18 @@ pub fn scan(path: &Path, first: u64) -> io::Result<Scan> {
     scan.valid_len = at as u64;
     while at < bytes.len() {
         match frame_at(&bytes, at) {
+            Frame::Whole(_, next) if expected < decode_from => {
+                scan.ends.push(next as u64);
+                scan.count += 1;
+                expected += 1;
+                at = next;
+                scan.valid_len = at as u64;
+            }
             Frame::Whole(payload, next) => match serde_json::from_slice::<Entry>(payload) {
                 Ok(entry) if entry.log_id.index == expected => {
                     scan.entries.push(entry);
+                    scan.count += 1;
+                    scan.ends.push(next as u64);
                     expected += 1;
                     at = next;
                     scan.valid_len = at as u64;
@@ -359,6 +383,46 @@ impl Writer {
         Ok(())
     }
 
+    /// Remove every entry after `index` (a new Raft leader overwrites a
+    /// follower's uncommitted tail), durably, before returning.
+    pub fn truncate_after(&mut self, index: u64) -> io::Result<()> {
+        if index + 1 >= self.next {
+            return Ok(());
+        }
+        while self.segments.len() > 1 && self.segments.last().is_some_and(|(first, _)| *first > index) {
+            if let Some((_, path)) = self.segments.pop() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let Some((first, path)) = self.segments.last().cloned() else {
+            return Ok(());
+        };
+        if first > index + 1 {
+            return Err(io::Error::other(format!(
+                "cannot truncate the log after entry {index}: it now starts at entry {first}"
+            )));
+        }
+        let scan = scan(&path, first)?;
+        let keep = (index + 1 - first) as usize;
+        let len = match keep {
+            0 => MAGIC.len() as u64,
+            n => scan
+                .ends
+                .get(n - 1)
+                .copied()
+                .ok_or_else(|| io::Error::other(format!("entry {index} is not in {}", path.display())))?,
+        };
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        file.set_len(len)?;
+        file.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.len = len;
+        self.next = index + 1;
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Remove whole segments whose entries all come before `index`.
     pub fn purge_before(&mut self, index: u64) -> io::Result<usize> {
         let mut removed = 0;
@@ -386,6 +450,59 @@ impl AppendAtEnd for File {
         use std::io::{Seek, SeekFrom};
         self.seek(SeekFrom::End(0))?;
         self.write_all(bytes)
+    }
+}
+
+/// Raft's vote: the term and the node voted for (or the leader), and
+/// whether a quorum granted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Vote {
+    pub term: u64,
+    pub node: Option<u64>,
+    pub committed: bool,
+}
+
+/// What the log keeps beside its entries: Raft's vote and the newest entry
+/// known committed. One small file, replaced whole and durably.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub vote: Option<Vote>,
+    pub committed: Option<LogId>,
+}
+
+const META_MAGIC: &[u8; 8] = b"PYCMETA1";
+const META_FILE: &str = "meta";
+
+/// Replace the meta file durably: a temporary file, fsync, rename, and the
+/// directory fsync'ed, so that either the old or the new one is read back.
+pub fn save_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
+    let payload = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let mut file = File::create(&tmp)?;
+    let mut bytes = META_MAGIC.to_vec();
+    encode_frame(&mut bytes, &payload);
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(META_FILE))?;
+    sync_dir(dir)
+}
+
+/// The meta file, verified; the default when there is none yet.
+pub fn read_meta(dir: &Path) -> Result<Meta, String> {
+    let path = dir.join(META_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Meta::default()),
+        Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
+    };
+    let damaged = |what: &str| format!("{} is damaged: {what}", path.display());
+    if !bytes.starts_with(META_MAGIC) {
+        return Err(damaged("it does not start with pycomd's meta header"));
+    }
+    match frame_at(&bytes, META_MAGIC.len()) {
+        Frame::Whole(payload, _) => serde_json::from_slice(payload).map_err(|e| damaged(&e.to_string())),
+        Frame::Short => Err(damaged("it is cut short")),
+        Frame::Bad(what) => Err(damaged(what)),
     }
 }
 
@@ -467,6 +584,60 @@ mod tests {
             assert!(matches!(scan.tail, Tail::Damaged { .. }), "{:?}", scan.tail);
             assert_eq!(scan.frames_after_damage, 2 - victim as u64);
         }
+    }
+
+    #[test]
+    fn truncate_after_removes_the_tail_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(dir.path(), Vec::new(), 0, 1, 4096, true).unwrap();
+        for i in 1..=200 {
+            w.append(&entry(i), 1).unwrap();
+        }
+        assert!(w.segments().len() > 1, "the test needs several segments");
+        w.truncate_after(57).unwrap();
+        w.append(&entry(58), 1).unwrap();
+        let mut indices = Vec::new();
+        for (first, path) in list(dir.path()).unwrap() {
+            let s = scan(&path, first).unwrap();
+            assert_eq!(s.tail, Tail::Clean);
+            indices.extend(s.entries.iter().map(|e| e.log_id.index));
+        }
+        assert_eq!(indices, (1..=58).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn purge_before_removes_whole_segments_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(dir.path(), Vec::new(), 0, 1, 4096, true).unwrap();
+        for i in 1..=200 {
+            w.append(&entry(i), 1).unwrap();
+        }
+        w.purge_before(100).unwrap();
+        let segments = list(dir.path()).unwrap();
+        assert!(segments[0].0 <= 100 && segments[0].0 > 1, "{segments:?}");
+    }
+
+    #[test]
+    fn meta_round_trips_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_meta(dir.path()).unwrap(), Meta::default());
+        let meta = Meta {
+            vote: Some(Vote {
+                term: 3,
+                node: Some(2),
+                committed: true,
+            }),
+            committed: Some(local_id(41)),
+        };
+        save_meta(dir.path(), &meta).unwrap();
+        assert_eq!(read_meta(dir.path()).unwrap(), meta);
+        let path = dir.path().join(META_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = read_meta(dir.path()).unwrap_err();
+        assert!(err.contains("meta is damaged"), "{err}");
     }
 
     #[test]

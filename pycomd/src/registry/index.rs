@@ -1,6 +1,7 @@
 //! What `locate` reads: for each interface its providers, each with the
-//! JSON `locate` answers made once when the record changed. Derived from
-//! the state (rebuilt at start, kept in step by `Registry::apply`); the
+//! JSON `locate` answers, made the first time it is asked for (not at
+//! start, where a million records would each pay for it). Derived from the
+//! state (rebuilt at start, kept in step by `Registry::apply`); the
 //! round-robin cursor lives here, not in the state, because which provider
 //! a client is handed is not something the registry remembers.
 
@@ -9,53 +10,138 @@ use super::Map;
 use ahash::RandomState;
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Index {
     by_interface: Map<String, Providers>,
 }
 
+/// The providers of one interface. Most interfaces have one provider: that
+/// case costs no table of its own.
+#[derive(Debug)]
+enum Providers {
+    One(Arc<str>, Rc<Slot>),
+    Many {
+        services: IndexMap<Arc<str>, Rc<Slot>, RandomState>,
+        next: Cell<usize>,
+    },
+}
+
+/// One record's place in the index, shared by its interfaces.
 #[derive(Debug, Default)]
-struct Providers {
-    services: IndexMap<Rc<str>, Rc<RawValue>, RandomState>,
-    next: Cell<usize>,
+pub struct Slot {
+    json: OnceCell<Box<RawValue>>,
+}
+
+impl Slot {
+    /// The JSON `locate` answers for `record` (the record this slot is for).
+    pub fn json(&self, record: &Record) -> &RawValue {
+        self.json
+            .get_or_init(|| serde_json::value::to_raw_value(&record.view()).unwrap_or_default())
+    }
+}
+
+impl Providers {
+    fn insert(&mut self, service: Arc<str>, slot: Rc<Slot>) {
+        match self {
+            Providers::One(only, s) if *only == service => *s = slot,
+            Providers::One(only, s) => {
+                let mut services = IndexMap::with_capacity_and_hasher(2, RandomState::new());
+                services.insert(only.clone(), s.clone());
+                services.insert(service, slot);
+                *self = Providers::Many {
+                    services,
+                    next: Cell::new(0),
+                };
+            }
+            Providers::Many { services, .. } => {
+                services.insert(service, slot);
+            }
+        }
+    }
+
+    /// Remove `service`; true when none is left.
+    fn remove(&mut self, service: &str) -> bool {
+        match self {
+            Providers::One(only, _) => &**only == service,
+            Providers::Many { services, .. } => {
+                services.swap_remove(service);
+                services.is_empty()
+            }
+        }
+    }
+
+    fn get(&self, service: &str) -> Option<&Slot> {
+        match self {
+            Providers::One(only, slot) => (&**only == service).then_some(&**slot),
+            Providers::Many { services, .. } => services.get(service).map(|s| &**s),
+        }
+    }
+
+    fn services(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Providers::One(only, _) => Box::new(std::iter::once(&**only)),
+            Providers::Many { services, .. } => Box::new(services.keys().map(|k| &**k)),
+        }
+    }
+
+    fn pick(&self, live: impl Fn(&str) -> bool) -> Option<(&str, &Slot)> {
+        match self {
+            Providers::One(only, slot) => live(only).then_some((&**only, &**slot)),
+            Providers::Many { services, next } => {
+                let n = services.len();
+                for _ in 0..n {
+                    let i = next.get() % n;
+                    next.set(i.wrapping_add(1));
+                    if let Some((service, slot)) = services.get_index(i) {
+                        if live(service) {
+                            return Some((service, slot));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
 }
 
 impl Index {
+    pub fn with_capacity(records: usize) -> Index {
+        Index {
+            by_interface: Map::with_capacity_and_hasher(records, RandomState::new()),
+        }
+    }
+
     /// List `record`, replacing `previous` (its older version, if any).
     pub fn insert(&mut self, record: &Record, previous: Option<&Record>) {
-        let json: Rc<RawValue> = match serde_json::value::to_raw_value(&record.view()) {
-            Ok(raw) => Rc::from(raw),
-            // A record of strings always serializes; skip it rather than panic.
-            Err(_) => return,
-        };
-        let service: Rc<str> = Rc::from(record.service.as_str());
         // A re-register may have dropped interfaces: clear the old ones first.
         if let Some(previous) = previous {
             self.remove(previous);
         }
+        let service: Arc<str> = record.service.clone();
+        let slot = Rc::new(Slot::default());
         for interface in &record.interfaces {
-            self.by_interface
-                .entry(interface.clone())
-                .or_default()
-                .services
-                .insert(service.clone(), json.clone());
+            match self.by_interface.get_mut(interface.as_str()) {
+                Some(p) => p.insert(service.clone(), slot.clone()),
+                None => {
+                    let one = Providers::One(service.clone(), slot.clone());
+                    self.by_interface.insert(interface.clone(), one);
+                }
+            }
         }
     }
 
     pub fn remove(&mut self, record: &Record) {
         for interface in &record.interfaces {
-            self.remove_from(interface, &record.service);
-        }
-    }
-
-    fn remove_from(&mut self, interface: &str, service: &str) {
-        if let Some(p) = self.by_interface.get_mut(interface) {
-            p.services.swap_remove(service);
-            if p.services.is_empty() {
-                self.by_interface.remove(interface);
+            let emptied = self
+                .by_interface
+                .get_mut(interface.as_str())
+                .is_some_and(|p| p.remove(&record.service));
+            if emptied {
+                self.by_interface.remove(interface.as_str());
             }
         }
     }
@@ -64,34 +150,19 @@ impl Index {
         self.by_interface.len()
     }
 
-    pub fn json(&self, interface: &str, service: &str) -> Option<&RawValue> {
-        self.by_interface
-            .get(interface)?
-            .services
-            .get(service)
-            .map(|j| &**j)
+    pub fn slot(&self, interface: &str, service: &str) -> Option<&Slot> {
+        self.by_interface.get(interface)?.get(service)
     }
 
     pub fn services(&self, interface: &str) -> impl Iterator<Item = &str> {
         self.by_interface
             .get(interface)
             .into_iter()
-            .flat_map(|p| p.services.keys().map(|k| &**k))
+            .flat_map(|p| p.services())
     }
 
     /// The next provider for which `live` holds, in turn.
-    pub fn pick(&self, interface: &str, live: impl Fn(&str) -> bool) -> Option<&RawValue> {
-        let providers = self.by_interface.get(interface)?;
-        let n = providers.services.len();
-        for _ in 0..n {
-            let i = providers.next.get() % n;
-            providers.next.set(i.wrapping_add(1));
-            if let Some((service, json)) = providers.services.get_index(i) {
-                if live(service) {
-                    return Some(json);
-                }
-            }
-        }
-        None
+    pub fn pick(&self, interface: &str, live: impl Fn(&str) -> bool) -> Option<(&str, &Slot)> {
+        self.by_interface.get(interface)?.pick(live)
     }
 }

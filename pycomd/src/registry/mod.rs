@@ -18,6 +18,7 @@ use ahash::RandomState;
 use pycom_client::proto::Fault;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use command::Command;
 pub use record::Record;
@@ -35,7 +36,8 @@ pub struct State {
     /// Grows by exactly one per change (registered, updated, unregistered,
     /// expired, dropped); never repeats.
     revision: u64,
-    records: Map<String, Record>,
+    /// Shared, so that changes and results hand records on without copies.
+    records: Map<Arc<str>, Arc<Record>>,
 }
 
 /// What a change did, for events and for whatever keeps derived data.
@@ -54,11 +56,11 @@ pub enum ChangeKind {
 pub struct Change {
     pub kind: ChangeKind,
     /// The record as it is now; for removals, as it was.
-    pub record: Record,
+    pub record: Arc<Record>,
     /// The registry's revision after this change.
     pub revision: u64,
     /// For `Updated`: the record it replaced.
-    pub previous: Option<Record>,
+    pub previous: Option<Arc<Record>>,
 }
 
 impl Change {
@@ -74,7 +76,7 @@ impl Change {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// The record as registered (unchanged if the register changed nothing).
-    Registered(Record),
+    Registered(Arc<Record>),
     Unregistered,
     /// An expiry or probe verdict: whether it removed the record (a newer
     /// version of the name is left alone).
@@ -85,9 +87,15 @@ pub type Outcome = (Result<Applied, Fault>, Vec<Change>);
 
 impl State {
     /// The state a snapshot holds.
-    pub fn from_parts(revision: u64, records: impl IntoIterator<Item = Record>) -> State {
-        let records = records.into_iter().map(|r| (r.service.clone(), r)).collect();
-        State { revision, records }
+    pub fn from_parts(revision: u64, records: Vec<Record>) -> State {
+        let mut map = Map::with_capacity_and_hasher(records.len(), RandomState::new());
+        for r in records {
+            map.insert(r.service.clone(), Arc::new(r));
+        }
+        State {
+            revision,
+            records: map,
+        }
     }
 
     pub fn revision(&self) -> u64 {
@@ -103,10 +111,15 @@ impl State {
     }
 
     pub fn get(&self, service: &str) -> Option<&Record> {
-        self.records.get(service)
+        self.records.get(service).map(|r| &**r)
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values().map(|r| &**r)
+    }
+
+    /// The records as shared handles.
+    pub fn shared(&self) -> impl Iterator<Item = &Arc<Record>> {
         self.records.values()
     }
 
@@ -129,20 +142,20 @@ impl State {
                     ));
                     return (Err(fault), changes);
                 }
-                if let Some(old) = self.records.get(service) {
+                if let Some(old) = self.records.get(service.as_str()) {
                     if Some(old.revision) == *lapsed {
                         let removed = self.remove(service, ChangeKind::Expired);
                         changes.extend(removed);
                     }
                 }
-                let old = self.records.get(service);
+                let old = self.records.get(service.as_str());
                 if let Some(old) = old {
                     if old.address != *address {
                         return (Err(not_owner(old, "register")), changes);
                     }
                 }
                 let mut record = Record {
-                    service: service.clone(),
+                    service: Arc::from(service.as_str()),
                     address: address.clone(),
                     interfaces: interfaces.clone(),
                     metadata: metadata.clone().unwrap_or_default(),
@@ -164,7 +177,8 @@ impl State {
                 }
                 self.revision += 1;
                 record.revision = self.revision;
-                let previous = self.records.insert(service.clone(), record.clone());
+                let record = Arc::new(record);
+                let previous = self.records.insert(record.service.clone(), record.clone());
                 let kind = match previous {
                     Some(_) => ChangeKind::Updated,
                     None => ChangeKind::Registered,
@@ -178,7 +192,7 @@ impl State {
                 (Ok(Applied::Registered(record)), changes)
             }
             Command::Unregister { service, address } => {
-                let Some(old) = self.records.get(service) else {
+                let Some(old) = self.records.get(service.as_str()) else {
                     return (Err(unknown(service, "unregister")), Vec::new());
                 };
                 if old.address != *address {
@@ -253,12 +267,31 @@ pub struct Registry {
 impl Registry {
     /// A registry holding `state`, listing pycomd itself under `own`.
     pub fn new(state: State, own: Vec<Record>) -> Registry {
-        let mut index = index::Index::default();
-        for record in state.records().chain(own.iter()) {
-            index.insert(record, None);
-        }
-        let own = own.into_iter().map(|r| (r.service.clone(), r)).collect();
-        Registry { state, own, index }
+        Registry::new_alongside(state, own, |_| ()).0
+    }
+
+    /// [`Registry::new`], running `side` on another thread over the same
+    /// state meanwhile: at start, with a million records, the lease table
+    /// is built on one core while the index is built on the other.
+    pub fn new_alongside<T: Send>(
+        state: State,
+        own: Vec<Record>,
+        side: impl FnOnce(&State) -> T + Send,
+    ) -> (Registry, T) {
+        let (index, extra) = std::thread::scope(|scope| {
+            let extra = scope.spawn(|| side(&state));
+            let mut index = index::Index::with_capacity(state.len());
+            for record in state.records().chain(own.iter()) {
+                index.insert(record, None);
+            }
+            (index, extra.join())
+        });
+        let extra = match extra {
+            Ok(extra) => extra,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let own = own.into_iter().map(|r| (r.service.to_string(), r)).collect();
+        (Registry { state, own, index }, extra)
     }
 
     pub fn state(&self) -> &State {
@@ -271,7 +304,7 @@ impl Registry {
             if change.removes() {
                 self.index.remove(&change.record);
             } else {
-                self.index.insert(&change.record, change.previous.as_ref());
+                self.index.insert(&change.record, change.previous.as_deref());
             }
         }
         outcome
@@ -307,13 +340,16 @@ impl Registry {
         service: Option<&str>,
         live: impl Fn(&str) -> bool,
     ) -> Option<&RawValue> {
-        match service {
-            Some(service) => self
-                .get(service)
-                .filter(|r| live(service) && r.interfaces.iter().any(|i| i == interface))
-                .and_then(|r| self.index.json(interface, &r.service)),
-            None => self.index.pick(interface, live),
-        }
+        let (service, slot) = match service {
+            Some(service) => {
+                let record = self
+                    .get(service)
+                    .filter(|r| live(service) && r.interfaces.iter().any(|i| i == interface))?;
+                (&*record.service, self.index.slot(interface, service)?)
+            }
+            None => self.index.pick(interface, live)?,
+        };
+        Some(slot.json(self.get(service)?))
     }
 
     /// Every provider of `interface` for which `live` holds, in service order.

@@ -2,10 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    pub service: String,
+    /// Shared with the state's key, the index and the lease table: a
+    /// million records hold one copy of each name.
+    pub service: Arc<str>,
     /// ZeroMQ endpoint of the service; the owner of the name.
     pub address: String,
     /// Sorted, without duplicates.

@@ -13,7 +13,7 @@ fn register(service: &str, address: &str, ifaces: &[&str], replace: bool, ttl_ms
     }
 }
 
-fn registered(outcome: Outcome) -> Record {
+fn registered(outcome: Outcome) -> std::sync::Arc<Record> {
     match outcome.0 {
         Ok(Applied::Registered(record)) => record,
         other => panic!("expected a registration, got {other:?}"),
