@@ -109,10 +109,10 @@ impl Settings {
                 if !path.is_file() {
                     return Err(format!("config file {} does not exist", path.display()));
                 }
-                builder = builder.add_source(config_file(path));
+                builder = builder.add_source(config_file(path)?);
             }
             None if Path::new(SYSTEM_CONFIG).is_file() => {
-                builder = builder.add_source(config_file(Path::new(SYSTEM_CONFIG)));
+                builder = builder.add_source(config_file(Path::new(SYSTEM_CONFIG))?);
             }
             None => {}
         }
@@ -205,10 +205,17 @@ impl Settings {
     }
 }
 
-fn config_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
-    config::File::from(path)
-        .format(config::FileFormat::Toml)
-        .required(true)
+/// The config file as a source, its TOML checked first so that a mistake
+/// is reported with the file's path as given and the line.
+fn config_file(path: &Path) -> Result<config::File<config::FileSourceString, config::FileFormat>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+    let source = config::File::from_str(&text, config::FileFormat::Toml);
+    config::Config::builder()
+        .add_source(source.clone())
+        .build()
+        .map_err(|e| format!("the config file {} is not valid TOML: {e}", path.display()))?;
+    Ok(source)
 }
 
 #[cfg(test)]
