@@ -31,22 +31,25 @@ pub struct ServiceInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
+// The one list of the nameserver's methods: the typed client below,
+// pycomd's dispatch and its `introspect` answer all come from it.
 crate::interface! {
     /// The pycom nameserver: services register here, clients locate them.
     pub mod api = "org.pycom.nameserver" {
-        /// Ping; version, uptime, counts.
+        /// Ping; returns version, uptime_s, services, interfaces, the revision, and request and store counters.
         fn stat() -> Value;
-        /// Register a service: `interface` adds one, `interfaces` replaces the set.
+        /// Register a service at an address: 'interface' adds one, 'interfaces' replaces the set.
+        /// With ttl_ms the record is leased, else probed. Acknowledged once durable on disk.
         fn register(service: String, address: String;
                     interface: String, interfaces: Vec<String>, ttl_ms: u64,
                     metadata: BTreeMap<String, String>) -> Value;
-        /// Extend a lease.
+        /// Extend a lease. Code 3 when the record is unknown or expired.
         fn renew(service: String, address: String) -> Value;
-        /// Remove a record (its owner only).
+        /// Remove a record; only its owning address may.
         fn unregister(service: String, address: String) -> Value;
-        /// One live provider, or all with `as_list`.
+        /// One live provider of an interface (load spread round-robin), or all with as_list.
         fn locate(interface: String; service: String, as_list: bool) -> Value => [address, service, interfaces];
-        /// Records matching start-anchored regexes.
+        /// Records whose service and one interface match start-anchored regular expressions.
         fn list_services(; interface: String, service: String) -> Vec<ServiceInfo>;
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! [`interface!`](crate::interface) turns a list of method signatures into a
 //! module with:
-//! - `NAME`: the interface name;
+//! - `NAME`: the interface name; `DOC` its description; `METHODS` each
+//!   method's [`MethodSpec`] (what `introspect` says of it);
 //! - `Client<I>`: one Rust method per remote method, over any [`Invoker`]
 //!   (a [`Component`](crate::Component), a [`Connection`], the nameserver
 //!   handle from [`Context::nameserver`](crate::Context::nameserver));
@@ -56,6 +57,22 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+/// What the declaration says of one method: its arguments, the result keys
+/// PyCOM's proxy reads, and its documentation. `introspect` is made from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodSpec {
+    /// The method's name.
+    pub name: &'static str,
+    /// Names of required arguments.
+    pub required: &'static [&'static str],
+    /// Names of optional arguments.
+    pub optional: &'static [&'static str],
+    /// Keys of an object result that PyCOM's proxy turns into a tuple.
+    pub results: &'static [&'static str],
+    /// The doc comment (lines joined; trimmed where shown).
+    pub doc: &'static str,
+}
+
 /// Something that can call `interface.method(args)` and return the result.
 pub trait Invoker {
     /// Call `interface.method(args)` and return its result or error.
@@ -106,6 +123,23 @@ macro_rules! interface {
             /// The interface name.
             pub const NAME: &str = $iface;
 
+            /// The interface's doc comment.
+            pub const DOC: &str = concat!($($idoc, "\n"),*);
+
+            /// Every method as declared: the one source of what the
+            /// interface's `introspect` says.
+            pub const METHODS: &[$crate::proxy::MethodSpec] = &[
+                $(
+                    $crate::proxy::MethodSpec {
+                        name: stringify!($method),
+                        required: &[$(stringify!($req)),*],
+                        optional: &[$($(stringify!($opt)),*)?],
+                        results: &[$($(stringify!($res)),*)?],
+                        doc: concat!($($mdoc, "\n"),*),
+                    },
+                )*
+            ];
+
             /// Typed calls to the interface.
             pub struct Client<I: $crate::proxy::Invoker>(pub I);
 
@@ -139,7 +173,7 @@ macro_rules! interface {
             /// An [`Interface`]($crate::service::Interface) dispatching to `handler`.
             pub fn interface<H: Handler>(handler: ::std::sync::Arc<H>) -> $crate::service::Interface {
                 #[allow(unused_mut)]
-                let mut iface = $crate::service::Interface::new(NAME).doc(concat!($($idoc, "\n"),*).trim());
+                let mut iface = $crate::service::Interface::new(NAME).doc(DOC.trim());
                 $(
                     let h = handler.clone();
                     iface = iface.method(

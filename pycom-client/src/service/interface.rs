@@ -160,13 +160,53 @@ impl Method {
     }
 
     fn describe(&self) -> Value {
-        json!({
-            "required_arguments": self.required,
-            "optional_arguments": self.optional,
-            "results": self.results,
-            "docstring": self.doc,
-        })
+        describe_method(&self.required, &self.optional, &self.results, &self.doc)
     }
+}
+
+/// One method as PyCOM 0.4's `introspect` describes it.
+pub fn describe_method<S: AsRef<str>>(required: &[S], optional: &[S], results: &[S], doc: &str) -> Value {
+    let names = |v: &[S]| v.iter().map(|s| s.as_ref().to_string()).collect::<Vec<_>>();
+    json!({
+        "required_arguments": names(required),
+        "optional_arguments": names(optional),
+        "results": names(results),
+        "docstring": docstring(doc),
+    })
+}
+
+/// A doc comment as a docstring: each line trimmed, the ends too.
+fn docstring(doc: &str) -> String {
+    doc.lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
+}
+
+/// PyCOM 0.4's `introspect` result: the interface, its docstring and its
+/// methods (each from [`describe_method`]), with `introspect` itself listed
+/// as PyCOM declares it.
+pub fn introspection(name: &str, doc: &str, mut methods: Map<String, Value>) -> Value {
+    methods.entry("introspect").or_insert_with(|| {
+        json!({"required_arguments": [], "optional_arguments": [],
+               "results": ["name", "methods", "docstring"],
+               "docstring": "Provides introspection information for a service."})
+    });
+    json!({"name": name, "docstring": docstring(doc), "methods": methods})
+}
+
+/// [`introspection`] of an interface declared with [`interface!`](crate::interface).
+pub fn introspection_of(name: &str, doc: &str, methods: &[crate::proxy::MethodSpec]) -> Value {
+    let methods = methods
+        .iter()
+        .map(|m| {
+            let describe = describe_method(m.required, m.optional, m.results, m.doc);
+            (m.name.to_string(), describe)
+        })
+        .collect();
+    introspection(name, doc, methods)
 }
 
 /// A named interface: a set of methods.
@@ -215,17 +255,11 @@ impl Interface {
 
     /// PyCOM 0.4's `introspect` result for this interface.
     pub fn introspect(&self) -> Value {
-        let mut methods: Map<String, Value> = self
+        let methods = self
             .methods
             .iter()
             .map(|(n, m)| (n.clone(), m.describe()))
             .collect();
-        methods.entry("introspect").or_insert_with(|| {
-            // As PyCOM 0.4 declares its own introspect.
-            json!({"required_arguments": [], "optional_arguments": [],
-                   "results": ["name", "methods", "docstring"],
-                   "docstring": "Provides introspection information for a service."})
-        });
-        json!({"name": self.name, "docstring": self.doc, "methods": methods})
+        introspection(&self.name, &self.doc, methods)
     }
 }

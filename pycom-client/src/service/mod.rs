@@ -19,7 +19,9 @@ mod panic;
 mod registrar;
 mod sessions;
 
-pub use interface::{Handler, Interface, Method, Reply, Request};
+pub use interface::{
+    describe_method, introspection, introspection_of, Handler, Interface, Method, Reply, Request,
+};
 
 use crate::binary::Limits;
 use crate::context::Context;

@@ -152,7 +152,11 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Pla
     }
 }
 
-/// The method's name as a `'static` string, for error messages.
+/// The method's name as a `'static` string, for error messages: one of
+/// those the nameserver's declaration (`pycom_client::nameserver::api`) lists.
 fn known(method: &str) -> Option<&'static str> {
-    introspect::METHODS.iter().map(|m| m.name).find(|m| *m == method)
+    pycom_client::nameserver::api::METHODS
+        .iter()
+        .map(|m| m.name)
+        .find(|m| *m == method)
 }
