@@ -7,6 +7,13 @@
 //! run out are proposed as `Expire`, probe verdicts as `ProbeFailed`: the
 //! state changes in one place only, [`Server::commit`]. Nothing here blocks
 //! on a peer or a disk.
+//!
+//! It shares the wire with pycom-client's service hosting (`router::recv`,
+//! `Outbox`) but not the loop: a hosted service hands each request to a
+//! worker pool and answers when the handler returns, while pycomd answers
+//! reads inline from state it alone owns and holds write replies until the
+//! log hands them back, in log order. One loop for both would need a
+//! handler that can defer its reply, which services do not need.
 
 use crate::config::{Overrides, Settings};
 use crate::leases::Leases;
