@@ -100,6 +100,16 @@ impl Outbox {
         self.replies.push((envelope, status, body));
     }
 
+    /// Replies queued, not yet sent.
+    pub fn len(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+
     /// Send everything queued (see [`send`] for what happens to slow
     /// peers). Returns how many replies were dropped.
     pub fn flush(&mut self, socket: &zmq::Socket) -> u64 {

@@ -35,6 +35,11 @@ use tracing::{debug, error, info, warn};
 const BATCH: usize = 256;
 /// Longest wait in one poll, so a clock jump cannot delay expiry for long.
 const MAX_WAIT: Duration = Duration::from_millis(500);
+/// How long the request socket stays open after the last replies of a
+/// stop: a client's libzmq (with ZMQ_IMMEDIATE, as pycom-client sets)
+/// discards a reply it has received but not yet handed to the application
+/// when the connection drops, so pycomd does not hang up at once.
+const GOODBYE: Duration = Duration::from_millis(250);
 
 pub struct Server {
     pub router: zmq::Socket,
@@ -72,6 +77,7 @@ enum Flow {
 impl Server {
     pub fn run(mut self) -> Stopped {
         let mut flow = Flow::Serve;
+        let mut answered_while_stopping = 0u64;
         loop {
             let now = Instant::now();
             self.expire(now);
@@ -102,7 +108,11 @@ impl Server {
             if requests && matches!(flow, Flow::Serve) {
                 self.serve_batch();
             }
+            let queued = self.outbox.len();
             let dropped = self.outbox.flush(&self.router);
+            if !serving {
+                answered_while_stopping += queued as u64 - dropped;
+            }
             if dropped > 0 {
                 self.stats.dropped_replies += dropped;
                 // One line a second at most, however hard a peer floods.
@@ -119,6 +129,9 @@ impl Server {
                 }
             }
             if let Flow::Stopped(stopped) = flow {
+                if answered_while_stopping > 0 {
+                    std::thread::sleep(GOODBYE);
+                }
                 // pycomd is exiting: freeing a million records one by one
                 // would only delay it by a second.
                 std::mem::forget(self.registry);

@@ -187,6 +187,12 @@ impl Daemon {
         self.wait_exit(Duration::from_secs(10));
     }
 
+    /// Wait (up to `timeout`) for pycomd to exit after a signal sent with
+    /// [`Daemon::signal`], and return its exit status.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_exit(timeout)
+    }
+
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + timeout;
@@ -228,6 +234,52 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// How a process that was run to its end ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr (pycomd: its log, and why it stopped).
+    pub stderr: String,
+}
+
+/// `pycomd` as [`Daemon`] runs it (no `RUST_LOG`, no stdin), for flags of
+/// the caller's choosing; always give it `--listen` on a [`free_port`].
+pub fn pycomd_command() -> Command {
+    let mut cmd = Command::new(bin("pycomd"));
+    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+    cmd
+}
+
+/// Run `cmd` until it exits on its own (e.g. pycomd refusing to start),
+/// capturing its stderr. If it still runs after `timeout`, it is killed and
+/// this panics with what it wrote.
+pub fn run_to_exit(cmd: &mut Command, timeout: Duration) -> Exited {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&path).expect("stderr file");
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the command");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Exited {
+                status,
+                stderr: read(),
+            };
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} was still running after {timeout:?}; stderr:\n{}", read());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

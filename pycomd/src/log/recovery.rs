@@ -201,7 +201,8 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
                 let later: Vec<PathBuf> = iter.map(|(_, p)| p.clone()).collect();
                 let mut files = vec![path.clone()];
                 files.extend(later.iter().cloned());
-                let mut drops = scan.frames_after_damage;
+                // The damaged frame itself, and every readable one after it.
+                let mut drops = 1 + scan.frames_after_damage;
                 for p in &later {
                     if let Some(n) = p
                         .file_stem()
