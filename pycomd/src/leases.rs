@@ -28,6 +28,25 @@ struct Lease {
     expiring: bool,
 }
 
+impl Lease {
+    /// A full term from `now`.
+    fn new(service: &Arc<str>, revision: u64, ttl_ms: u64, now: Instant) -> Lease {
+        let ttl = Duration::from_millis(ttl_ms);
+        Lease {
+            service: service.clone(),
+            revision,
+            ttl,
+            deadline: now + ttl,
+            expiring: false,
+        }
+    }
+
+    /// The heap entry that wakes the server at the deadline.
+    fn wakeup(&self) -> Reverse<(Instant, Arc<str>)> {
+        Reverse((self.deadline, self.service.clone()))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Leases {
     leases: Map<Arc<str>, Lease>,
@@ -39,19 +58,9 @@ pub struct Leases {
 impl Leases {
     /// A full term for this version of the record, from `now`.
     pub fn grant(&mut self, service: &Arc<str>, revision: u64, ttl_ms: u64, now: Instant) {
-        let ttl = Duration::from_millis(ttl_ms);
-        let deadline = now + ttl;
-        self.leases.insert(
-            service.clone(),
-            Lease {
-                service: service.clone(),
-                revision,
-                ttl,
-                deadline,
-                expiring: false,
-            },
-        );
-        self.heap.push(Reverse((deadline, service.clone())));
+        let lease = Lease::new(service, revision, ttl_ms, now);
+        self.heap.push(lease.wakeup());
+        self.leases.insert(service.clone(), lease);
     }
 
     /// The table at start: a full term from `now` for each `(service,
@@ -61,19 +70,9 @@ impl Leases {
         let mut leases = Map::with_capacity_and_hasher(most, Default::default());
         let mut wakeups = Vec::with_capacity(most);
         for (service, revision, ttl_ms) in leased {
-            let ttl = Duration::from_millis(ttl_ms);
-            let deadline = now + ttl;
-            leases.insert(
-                service.clone(),
-                Lease {
-                    service: service.clone(),
-                    revision,
-                    ttl,
-                    deadline,
-                    expiring: false,
-                },
-            );
-            wakeups.push(Reverse((deadline, service.clone())));
+            let lease = Lease::new(service, revision, ttl_ms, now);
+            wakeups.push(lease.wakeup());
+            leases.insert(service.clone(), lease);
         }
         Leases {
             leases,

@@ -47,21 +47,7 @@ pub fn path(dir: &Path, index: u64) -> PathBuf {
 
 /// Snapshots in `dir`, oldest first, by the index in their names.
 pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    for item in std::fs::read_dir(dir)? {
-        let path = item?.path();
-        let index = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("snapshot-"))
-            .and_then(|n| n.strip_suffix(".snap"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(index) = index {
-            found.push((index, path));
-        }
-    }
-    found.sort();
-    Ok(found)
+    super::wal::files_by_index(dir, "snapshot-", ".snap")
 }
 
 /// Write `data` durably; returns its path and size in bytes.

@@ -63,16 +63,22 @@ pub fn segment_path(dir: &Path, first: u64) -> PathBuf {
 
 /// The segments in `dir`, oldest first, by the index in their names.
 pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    files_by_index(dir, "", ".wal")
+}
+
+/// The files in `dir` named `<prefix><index><suffix>`, by index.
+pub fn files_by_index(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for item in std::fs::read_dir(dir)? {
         let path = item?.path();
-        let first = path
+        let index = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
-        if let Some(first) = first {
-            found.push((first, path));
+        if let Some(index) = index {
+            found.push((index, path));
         }
     }
     found.sort();

@@ -37,10 +37,14 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The JSON `locate` answers for `record` (the record this slot is for).
-    pub fn json(&self, record: &Record) -> &RawValue {
-        self.json
-            .get_or_init(|| serde_json::value::to_raw_value(&record.view()).unwrap_or_default())
+    /// The JSON `locate` answers for the record this slot is for, which
+    /// `record` is asked for only the first time.
+    pub fn json<'a>(&self, record: impl FnOnce() -> Option<&'a Record>) -> Option<&RawValue> {
+        if let Some(json) = self.json.get() {
+            return Some(json);
+        }
+        let json = serde_json::value::to_raw_value(&record()?.view()).unwrap_or_default();
+        Some(self.json.get_or_init(|| json))
     }
 }
 

@@ -349,7 +349,7 @@ impl Registry {
             }
             None => self.index.pick(interface, live)?,
         };
-        Some(slot.json(self.get(service)?))
+        slot.json(|| self.get(service))
     }
 
     /// Every provider of `interface` for which `live` holds, in service order.
