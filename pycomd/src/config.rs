@@ -42,6 +42,19 @@ pub struct Settings {
     /// Messages queued per peer, each way, before pycomd drops (outgoing) or
     /// stops reading (incoming): what bounds memory against slow peers.
     pub high_water_mark: i32,
+    /// Connections waiting to be accepted (ZMQ_BACKLOG): bursts of new
+    /// clients beyond it are refused by the kernel.
+    pub listen_backlog: i32,
+    /// Largest reply pycomd builds (a whole `list_services`); larger ones get
+    /// code 4 naming the way out (a filter, or pages).
+    pub max_reply_bytes: usize,
+    /// Bytes of replies sent but not yet taken by their peers, across all
+    /// peers; past it big reads get code 7.
+    pub max_pending_reply_bytes: usize,
+    /// Largest record (service, address, interfaces, metadata) accepted.
+    pub max_record_bytes: usize,
+    /// Bytes all records together may take; registers beyond get code 7.
+    pub max_registry_bytes: usize,
     /// Log bytes written between snapshots (more once the state is larger).
     pub snapshot_log_bytes: u64,
     /// Size at which a log segment is closed and a new one started.
@@ -53,7 +66,16 @@ pub struct Settings {
 
 /// Settings a SIGHUP applies to the running pycomd; every other setting
 /// takes effect on restart.
-pub const LIVE: &[&str] = &["log_level", "max_message_bytes", "ttl_min_ms", "ttl_max_ms"];
+pub const LIVE: &[&str] = &[
+    "log_level",
+    "max_message_bytes",
+    "ttl_min_ms",
+    "ttl_max_ms",
+    "max_reply_bytes",
+    "max_pending_reply_bytes",
+    "max_record_bytes",
+    "max_registry_bytes",
+];
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -70,6 +92,11 @@ impl Default for Settings {
             probe_timeout_ms: 2_000,
             probe_failures: 3,
             high_water_mark: 1_000,
+            listen_backlog: 1024,
+            max_reply_bytes: 4 * 1024 * 1024,
+            max_pending_reply_bytes: 256 * 1024 * 1024,
+            max_record_bytes: 16 * 1024,
+            max_registry_bytes: 512 * 1024 * 1024,
             snapshot_log_bytes: 64 * 1024 * 1024,
             log_segment_bytes: 32 * 1024 * 1024,
             unsafe_no_fsync: false,
@@ -168,6 +195,19 @@ impl Settings {
         }
         if self.max_records == 0 {
             return Err("max_records must be at least 1".into());
+        }
+        if self.listen_backlog <= 0 {
+            return Err(format!("listen_backlog = {} must be at least 1", self.listen_backlog));
+        }
+        for (name, value, least) in [
+            ("max_reply_bytes", self.max_reply_bytes, 1024),
+            ("max_pending_reply_bytes", self.max_pending_reply_bytes, 1024),
+            ("max_record_bytes", self.max_record_bytes, 256),
+            ("max_registry_bytes", self.max_registry_bytes, 4096),
+        ] {
+            if value < least {
+                return Err(format!("{name} = {value} is below the minimum of {least}"));
+            }
         }
         if self.log_segment_bytes < 4096 || self.snapshot_log_bytes < 4096 {
             return Err("log_segment_bytes and snapshot_log_bytes must be at least 4096".into());

@@ -180,6 +180,9 @@ fn bind_router(ctx: &zmq::Context, settings: &Settings) -> Result<zmq::Socket, S
     router
         .set_linger(EXIT_LINGER_MS)
         .map_err(|e| fail("configure", e))?;
+    router
+        .set_backlog(settings.listen_backlog)
+        .map_err(|e| fail("configure", e))?;
     // A hard cap well above max_message_bytes: libzmq drops the connection of
     // a peer that sends a single larger frame, before allocating it. Between
     // the two limits the peer gets a code-4 reply naming the limit.
