@@ -158,6 +158,40 @@ impl Request {
     }
 }
 
+/// Deepest nesting of arrays and objects accepted in a request body (as
+/// serde_json's own limit for parsed values).
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether `json` (valid JSON) nests arrays and objects deeper than `max`:
+/// a byte scan, so that raw values nobody parses (the args of `stat`, say)
+/// are held to the same limit as parsed ones.
+pub fn nests_deeper_than(json: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Why a request could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -232,6 +266,13 @@ pub fn decode_call<'a>(command: Option<&[u8]>, body: Option<&'a [u8]>) -> Result
         {
             if let Some(v) = &w.version {
                 check_version(v).map_err(DecodeError::Body)?;
+            }
+            for (field, raw) in [("args", w.args), ("extensions", w.extensions)] {
+                if raw.is_some_and(|raw| nests_deeper_than(raw.get(), MAX_DEPTH)) {
+                    return Err(DecodeError::Body(format!(
+                        "field '{field}' nests arrays and objects deeper than {MAX_DEPTH} levels (recursion limit)"
+                    )));
+                }
             }
             Ok(CallRef {
                 interface: w.interface,
@@ -577,6 +618,22 @@ mod tests {
             };
             assert!(msg.contains(want), "{msg:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn raw_args_are_held_to_the_depth_limit() {
+        let body = |depth: usize| {
+            format!(
+                r#"{{"interface":"i","method":"stat","args":{}"a[{{\"]"{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(decode_call(Some(b"CALL"), Some(body(MAX_DEPTH).as_bytes())).is_ok());
+        let err = decode_call(Some(b"CALL"), Some(body(MAX_DEPTH + 1).as_bytes())).unwrap_err();
+        assert!(matches!(err, DecodeError::Body(m) if m.contains("deeper than 128")));
+        // Brackets inside strings do not count.
+        assert!(!nests_deeper_than(r#"["[[[[", "{{{{"]"#, 1));
     }
 
     #[test]

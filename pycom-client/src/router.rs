@@ -9,6 +9,10 @@ use crate::proto;
 const MAX_ENVELOPE_FRAMES: usize = 8;
 /// Allowance over `max_message_bytes` for the routing envelope.
 const ENVELOPE_BYTES: usize = 1024;
+/// Most frames of one message kept: its envelope, command, body and up to
+/// 1,000 attachments. Frames past it are read and dropped as they come, so
+/// a message of many tiny frames costs no more than this many.
+pub const MAX_FRAMES: usize = MAX_ENVELOPE_FRAMES + 2 + 1000;
 
 /// One message read from the ROUTER socket.
 pub struct Incoming {
@@ -18,6 +22,8 @@ pub struct Incoming {
     pub parts: Vec<zmq::Message>,
     /// Set when the message was larger than allowed: its size in bytes.
     pub oversize: Option<usize>,
+    /// Frames the message had in all (more than `parts` when some were dropped).
+    pub frames: usize,
 }
 
 /// Read one whole message without blocking; `None` when none is waiting.
@@ -35,15 +41,17 @@ pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, 
     let mut more = first.get_more();
     let mut total = first.len();
     let mut frames = vec![first];
+    let mut count = 1;
     let mut dropping = false;
     while more {
         let msg = socket.recv_msg(0)?;
         more = msg.get_more();
+        count += 1;
         total = total.saturating_add(msg.len());
         if total > budget {
             dropping = true;
         }
-        if !dropping {
+        if !dropping && frames.len() < MAX_FRAMES {
             frames.push(msg);
         }
     }
@@ -53,6 +61,7 @@ pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, 
         envelope: frames,
         parts,
         oversize: dropping.then_some(total),
+        frames: count,
     }))
 }
 

@@ -162,6 +162,7 @@ impl Server {
             envelope,
             parts,
             oversize,
+            frames,
         } = incoming;
         if let Some(size) = oversize {
             let fault = Fault::bad_request(format!(
@@ -183,6 +184,13 @@ impl Server {
                 return self.reply_fault(envelope, &Fault::bad_request(message));
             }
         };
+        if parts.len() > 2 || frames > envelope.len() + parts.len() {
+            let fault = Fault::bad_request(format!(
+                "{INTERFACE} takes no attachments; the request had {} frame(s) after its body",
+                frames - envelope.len() - 2
+            ));
+            return self.reply_fault(envelope, &fault);
+        }
         if request.interface != INTERFACE {
             let fault = Fault::not_found(format!(
                 "pycomd serves only {INTERFACE}, not '{}': locate the service through it and call it directly",

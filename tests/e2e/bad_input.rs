@@ -290,3 +290,29 @@ fn a_client_that_never_reads_does_not_starve_others_or_grow_memory() {
         "RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+#[test]
+fn deep_args_are_refused_on_every_method_even_those_that_ignore_them() {
+    let d = Daemon::start();
+    for method in ["stat", "introspect", "locate", "renew"] {
+        let deep = format!(
+            r#"{{"interface": "org.pycom.nameserver", "method": "{method}", "args": {}{}}}"#,
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        );
+        code4(&d, &[b"", b"CALL", deep.as_bytes()], "deeper than 128");
+    }
+    still_serves(&d);
+}
+
+#[test]
+fn attachments_to_the_nameserver_are_refused() {
+    let d = Daemon::start();
+    let stat = br#"{"interface": "org.pycom.nameserver", "method": "stat"}"#;
+    code4(&d, &[b"", b"CALL", stat, b"one"], "takes no attachments");
+    // Thousands of tiny frames: refused as well, without keeping them all.
+    let mut frames: Vec<&[u8]> = vec![b"", b"CALL", stat];
+    frames.extend(std::iter::repeat_n(&b"x"[..], 5_000));
+    code4(&d, &frames, "5000 frame(s) after its body");
+    still_serves(&d);
+}
