@@ -49,8 +49,10 @@ crate::interface! {
         fn unregister(service: String, address: String) -> Value;
         /// One live provider of an interface (load spread round-robin), or all with as_list.
         fn locate(interface: String; service: String, as_list: bool) -> Value => [address, service, interfaces];
-        /// Records whose service and one interface match start-anchored regular expressions.
-        fn list_services(; interface: String, service: String) -> Vec<ServiceInfo>;
+        /// Records whose service and one interface match start-anchored regular expressions,
+        /// in service order. With limit or after, one page: extensions["org.pycom.nameserver"].next
+        /// is the after of the next page (null at the end). A whole list is bounded by max_reply_bytes.
+        fn list_services(; interface: String, service: String, limit: u64, after: String) -> Vec<ServiceInfo>;
     }
 }
 
@@ -140,6 +142,51 @@ impl<I: Invoker> NameserverClient<I> {
         service: Option<&str>,
     ) -> Result<Vec<ServiceInfo>> {
         self.api
-            .list_services(interface.map(Into::into), service.map(Into::into))
+            .list_services(interface.map(Into::into), service.map(Into::into), None, None)
+    }
+}
+
+/// One page of `list_services`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The records of this page, in service order.
+    pub services: Vec<ServiceInfo>,
+    /// Where the next page starts (its `after`); `None` at the end.
+    pub next: Option<String>,
+    /// The registry revision the page was read at.
+    pub revision: Option<u64>,
+}
+
+impl NameserverClient<Connection> {
+    /// One page of [`list_services`](NameserverClient::list_services): at
+    /// most `limit` records after the service `after`.
+    pub fn list_page(
+        &mut self,
+        interface: Option<&str>,
+        service: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page> {
+        let mut args = serde_json::Map::new();
+        args.insert("limit".into(), limit.into());
+        for (name, value) in [("interface", interface), ("service", service), ("after", after)] {
+            if let Some(value) = value {
+                args.insert(name.into(), value.into());
+            }
+        }
+        let request = crate::proto::Request::new(INTERFACE, "list_services", Value::Object(args));
+        let reply = self.api.0.call(&request, &[])?;
+        let position = reply
+            .response
+            .extensions
+            .get(INTERFACE)
+            .cloned()
+            .unwrap_or_default();
+        let services = crate::proxy::from_value("list_services", reply.response.result?)?;
+        Ok(Page {
+            services,
+            next: position.get("next").and_then(Value::as_str).map(String::from),
+            revision: position.get("revision").and_then(Value::as_u64),
+        })
     }
 }

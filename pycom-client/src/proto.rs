@@ -442,14 +442,25 @@ pub fn encode_response<T: Serialize + ?Sized>(
     result: Result<&T, &Fault>,
     session_id: Option<&str>,
 ) -> Vec<u8> {
+    encode_response_with::<T, Value>(result, session_id, None)
+}
+
+/// [`encode_response`] with `extensions` (an object keyed by dotted names).
+pub fn encode_response_with<T: Serialize + ?Sized, E: Serialize + ?Sized>(
+    result: Result<&T, &Fault>,
+    session_id: Option<&str>,
+    extensions: Option<&E>,
+) -> Vec<u8> {
     #[derive(Serialize)]
-    struct Body<'a, T: Serialize + ?Sized> {
+    struct Body<'a, T: Serialize + ?Sized, E: Serialize + ?Sized> {
         code: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         result: Option<&'a T>,
         session_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        extensions: Option<&'a E>,
     }
     let body = match result {
         Ok(value) => Body {
@@ -457,12 +468,14 @@ pub fn encode_response<T: Serialize + ?Sized>(
             error: None,
             result: Some(value),
             session_id,
+            extensions,
         },
         Err(fault) => Body {
             code: fault.code.as_number(),
             error: Some(&fault.message),
             result: None,
             session_id,
+            extensions,
         },
     };
     // Most replies are small: one allocation, no regrowth.

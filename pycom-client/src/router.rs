@@ -3,6 +3,9 @@
 //! hosted services both use it; the body inside is [`proto`]'s business.
 
 use crate::proto;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Routing frames a message may carry before its command (ROUTER identity,
 /// proxies' identities, the empty delimiter).
@@ -95,17 +98,107 @@ pub fn send<E: std::ops::Deref<Target = [u8]>>(
     }
 }
 
+/// A reply body kept once in memory however many peers it goes to, and
+/// counted in a shared `pending` byte count from its making until the last
+/// copy has left libzmq (its queue for a slow peer included). libzmq counts
+/// queued messages, not bytes, and its queues cannot be inspected: this is
+/// how a server bounds the bytes big replies hold.
+#[derive(Debug)]
+pub struct SharedBody {
+    bytes: Box<[u8]>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl SharedBody {
+    /// Hold `bytes`, counted in `pending` until dropped.
+    pub fn new(bytes: Vec<u8>, pending: &Arc<AtomicUsize>) -> Arc<SharedBody> {
+        pending.fetch_add(bytes.len(), Ordering::Relaxed);
+        Arc::new(SharedBody {
+            bytes: bytes.into_boxed_slice(),
+            pending: pending.clone(),
+        })
+    }
+
+    /// The body's size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// An empty body.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl Drop for SharedBody {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+/// libzmq's callback when it is done with a message made by [`send_shared`]:
+/// `hint` is the `Box<Arc<SharedBody>>` that kept the bytes alive.
+unsafe extern "C" fn release_shared(_data: *mut c_void, hint: *mut c_void) {
+    // SAFETY: `hint` came from Box::into_raw in send_shared, and libzmq
+    // calls this exactly once per message.
+    drop(unsafe { Box::from_raw(hint as *mut Arc<SharedBody>) });
+}
+
+/// Send `body` as the last frame without copying it: the message points at
+/// the shared bytes and holds a reference until libzmq releases it.
+fn send_shared(socket: &mut zmq::Socket, body: &Arc<SharedBody>) -> Result<(), zmq::Error> {
+    let hint = Box::into_raw(Box::new(body.clone()));
+    // SAFETY: the bytes live as long as the Arc in `hint`, which only
+    // `release_shared` frees; libzmq never writes to message data it did
+    // not allocate; a message not sent is closed here, which releases it.
+    unsafe {
+        let mut msg: zmq_sys::zmq_msg_t = std::mem::zeroed();
+        let data = body.bytes.as_ptr() as *mut c_void;
+        let rc = zmq_sys::zmq_msg_init_data(
+            &mut msg,
+            data,
+            body.len(),
+            Some(release_shared),
+            hint as *mut c_void,
+        );
+        if rc != 0 {
+            drop(Box::from_raw(hint));
+            return Err(zmq::Error::from_raw(zmq_sys::zmq_errno()));
+        }
+        if zmq_sys::zmq_msg_send(&mut msg, socket.as_mut_ptr(), zmq_sys::ZMQ_DONTWAIT as i32) < 0 {
+            let error = zmq::Error::from_raw(zmq_sys::zmq_errno());
+            zmq_sys::zmq_msg_close(&mut msg);
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// A reply's body: its own bytes, or bytes shared with other replies.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Bytes sent once (copied into the message).
+    Owned(Vec<u8>),
+    /// Bytes shared, sent without copying.
+    Shared(Arc<SharedBody>),
+}
+
 /// Replies gathered while a batch of requests is handled, sent together:
 /// libzmq's I/O thread then writes many replies per system call instead of
 /// waking for each one.
 #[derive(Default)]
 pub struct Outbox {
-    replies: Vec<(Vec<zmq::Message>, &'static [u8], Vec<u8>)>,
+    replies: Vec<(Vec<zmq::Message>, &'static [u8], Body)>,
 }
 
 impl Outbox {
     /// Queue `[envelope..., status, body]`; the envelope frames are moved, not copied.
     pub fn push(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: Vec<u8>) {
+        self.replies.push((envelope, status, Body::Owned(body)));
+    }
+
+    /// Queue a reply whose body is shared with others (see [`SharedBody`]).
+    pub fn push_body(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: Body) {
         self.replies.push((envelope, status, body));
     }
 
@@ -121,14 +214,17 @@ impl Outbox {
 
     /// Send everything queued (see [`send`] for what happens to slow
     /// peers). Returns how many replies were dropped.
-    pub fn flush(&mut self, socket: &zmq::Socket) -> u64 {
+    pub fn flush(&mut self, socket: &mut zmq::Socket) -> u64 {
         let mut dropped = 0;
         for (envelope, status, body) in self.replies.drain(..) {
             let sent = envelope
                 .into_iter()
                 .try_for_each(|frame| socket.send(frame, zmq::SNDMORE | zmq::DONTWAIT))
                 .and_then(|()| socket.send(status, zmq::SNDMORE | zmq::DONTWAIT))
-                .and_then(|()| socket.send(body, zmq::DONTWAIT));
+                .and_then(|()| match &body {
+                    Body::Owned(bytes) => socket.send(&bytes[..], zmq::DONTWAIT),
+                    Body::Shared(shared) => send_shared(socket, shared),
+                });
             if let Err(e) = sent {
                 dropped += 1;
                 tracing::debug!("reply dropped: {e}");

@@ -197,7 +197,10 @@ impl Settings {
             return Err("max_records must be at least 1".into());
         }
         if self.listen_backlog <= 0 {
-            return Err(format!("listen_backlog = {} must be at least 1", self.listen_backlog));
+            return Err(format!(
+                "listen_backlog = {} must be at least 1",
+                self.listen_backlog
+            ));
         }
         for (name, value, least) in [
             ("max_reply_bytes", self.max_reply_bytes, 1024),

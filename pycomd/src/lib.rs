@@ -136,6 +136,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         stats: nameserver::Stats::default(),
         outbox: Default::default(),
         drops_logged: None,
+        replies: Default::default(),
     };
     server.probe_all();
 

@@ -33,6 +33,8 @@ use tracing::{debug, error, info, warn};
 
 /// Requests handled before the loop looks at events and leases again.
 const BATCH: usize = 256;
+/// A batch ends after this long even if requests are waiting.
+const BATCH_TIME: Duration = Duration::from_millis(2);
 /// Longest wait in one poll, so a clock jump cannot delay expiry for long.
 const MAX_WAIT: Duration = Duration::from_millis(500);
 /// How long the request socket stays open after the last replies of a
@@ -56,6 +58,8 @@ pub struct Server {
     pub outbox: Outbox,
     /// When dropped replies were last logged.
     pub drops_logged: Option<Instant>,
+    /// Big replies: the last one, and the bytes not yet taken by peers.
+    pub replies: nameserver::Replies,
 }
 
 /// How the server stopped.
@@ -109,7 +113,7 @@ impl Server {
                 self.serve_batch();
             }
             let queued = self.outbox.len();
-            let dropped = self.outbox.flush(&self.router);
+            let dropped = self.outbox.flush(&mut self.router);
             if !serving {
                 answered_while_stopping += queued as u64 - dropped;
             }
@@ -142,11 +146,18 @@ impl Server {
     }
 
     fn serve_batch(&mut self) {
-        // One clock reading per batch: a batch lasts well under a millisecond.
+        // One clock reading for the requests of a batch; another after each
+        // to end the batch early when a big read took long, so that the
+        // replies waiting in it go out and other peers get their turn.
         let now = Instant::now();
         for _ in 0..BATCH {
             match router::recv(&self.router, self.settings.max_message_bytes) {
-                Ok(Some(incoming)) => self.handle(incoming, now),
+                Ok(Some(incoming)) => {
+                    self.handle(incoming, now);
+                    if now.elapsed() > BATCH_TIME {
+                        return;
+                    }
+                }
                 Ok(None) => return,
                 Err(e) => {
                     error!("receive failed: {e}");
@@ -205,6 +216,7 @@ impl Server {
             stats: &self.stats,
             log: self.log.stats(),
             now,
+            replies: &mut self.replies,
         };
         let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
         debug!(method = %request.method, "request");
@@ -212,6 +224,12 @@ impl Server {
             Plan::Read(Ok(body)) => self.outbox.push(envelope, proto::STATUS_OK, body),
             Plan::Read(Err(fault)) => self.reply_fault(envelope, &fault),
             Plan::Write(command) => self.propose(command, Some(ReplyTo { envelope })),
+            Plan::Body { body, fault } => {
+                if fault {
+                    self.stats.faults += 1;
+                }
+                self.outbox.push_body(envelope, proto::STATUS_OK, body);
+            }
         }
     }
 

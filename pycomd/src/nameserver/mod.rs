@@ -20,9 +20,12 @@ use crate::log::LogStats;
 use crate::registry::{Applied, Command, Registry};
 use args::Args;
 use pycom_client::proto::{self, Code, Fault};
+use pycom_client::router::{Body, SharedBody};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Request counters, reported by `stat`.
@@ -50,7 +53,8 @@ impl Default for Stats {
     }
 }
 
-/// What a handler may read (and, for `renew`, the lease table).
+/// What a handler may read (and, for `renew`, the lease table; for big
+/// reads, the reply cache and the count of reply bytes not yet taken).
 pub struct Context<'a> {
     pub registry: &'a Registry,
     pub leases: &'a mut Leases,
@@ -58,7 +62,47 @@ pub struct Context<'a> {
     pub stats: &'a Stats,
     pub log: LogStats,
     pub now: Instant,
+    pub replies: &'a mut Replies,
 }
+
+/// Big replies: the last one made, for a client asking the same again at
+/// the same revision (a loop of whole lists costs one), and the bytes held
+/// by big replies peers have not taken yet ([`SharedBody`]).
+#[derive(Debug, Default)]
+pub struct Replies {
+    pub pending: Arc<AtomicUsize>,
+    last: Option<(u64, String, Body, bool)>,
+}
+
+impl Replies {
+    /// The reply made for `args` at `revision`, if it was the last one made.
+    pub fn cached(&self, revision: u64, args: &str) -> Option<Plan> {
+        let (rev, key, body, fault) = self.last.as_ref()?;
+        (*rev == revision && key == args).then(|| Plan::Body {
+            body: body.clone(),
+            fault: *fault,
+        })
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Make `bytes` a reply, shared and counted if big, and remember it.
+    pub fn keep(&mut self, revision: u64, args: &str, bytes: Vec<u8>, fault: bool) -> Plan {
+        let body = if bytes.len() >= SHARED_REPLY_BYTES {
+            Body::Shared(SharedBody::new(bytes, &self.pending))
+        } else {
+            Body::Owned(bytes)
+        };
+        self.last = Some((revision, args.to_string(), body.clone(), fault));
+        Plan::Body { body, fault }
+    }
+}
+
+/// Replies at least this big are shared between identical requests and
+/// counted against `max_pending_reply_bytes`.
+pub const SHARED_REPLY_BYTES: usize = 64 * 1024;
 
 impl Context<'_> {
     /// Whether `service`'s lease (if it has one) has not run out.
@@ -74,6 +118,8 @@ pub enum Plan {
     Read(Result<Vec<u8>, Fault>),
     /// Write this through the log; answer once it is durable and applied.
     Write(Command),
+    /// Answer now with a body that may be shared with other replies.
+    Body { body: Body, fault: bool },
 }
 
 impl Plan {
@@ -130,6 +176,12 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Pla
     if let Some(plan) = fast {
         return plan;
     }
+    let args_key = args.map_or("null", |raw| raw.get());
+    if name == "list_services" {
+        if let Some(plan) = ctx.replies.cached(ctx.registry.state().revision(), args_key) {
+            return plan;
+        }
+    }
     let value: Value = match args.map(|raw| serde_json::from_str(raw.get())) {
         None => Value::Null,
         Some(Ok(value)) => value,
@@ -148,7 +200,7 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Pla
         "renew" => renew::renew(ctx, &args),
         "unregister" => unregister::unregister(ctx, &args),
         "locate" => locate::locate(ctx, &args),
-        _ => list_services::list_services(ctx, &args),
+        _ => list_services::list_services(ctx, &args, args_key),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::args::{Args, MAX_NAME_BYTES};
 use super::{Context, Plan};
+use crate::registry::record::record_size;
 use crate::registry::{not_owner, Command, RESERVED_PREFIX};
 use pycom_client::proto::{type_name, Fault};
 use serde_json::Value;
@@ -58,7 +59,8 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
     // Refusals that need no log entry; applying checks ownership again,
     // against the state as it is by then.
     let lapsed = ctx.leases.lapsed(&service, ctx.now);
-    match ctx.registry.get(&service) {
+    let old = ctx.registry.get(&service);
+    match old {
         Some(old) if lapsed.is_none() && old.address != address => {
             return Err(not_owner(old, "register"));
         }
@@ -70,6 +72,42 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
             )));
         }
         None => {}
+    }
+    // Sizes as the record will be: 'interface' adds to the old set, and no
+    // metadata keeps the old.
+    let kept_interfaces: &[String] = match old {
+        Some(old) if !replace => &old.interfaces,
+        _ => &[],
+    };
+    let kept_metadata = match (old, &metadata) {
+        (Some(old), None) => old.metadata.clone(),
+        (_, Some(m)) => m.clone(),
+        (None, None) => Default::default(),
+    };
+    let all_interfaces: Vec<String> = interfaces.iter().chain(kept_interfaces).cloned().collect();
+    let size = record_size(&service, address, &all_interfaces, &kept_metadata);
+    let max = ctx.settings.max_record_bytes;
+    if size > max {
+        return Err(args.fault(format_args!(
+            "the record would be {size} bytes (service, address, interfaces and metadata); the limit is max_record_bytes = {max}"
+        )));
+    }
+    let total = ctx
+        .registry
+        .state()
+        .bytes()
+        .saturating_sub(old.map_or(0, |o| o.size()))
+        + size;
+    let budget = ctx.settings.max_registry_bytes;
+    if total > budget {
+        tracing::warn!(
+            total,
+            budget,
+            "a register was refused: max_registry_bytes reached"
+        );
+        return Err(Fault::unavailable(format!(
+            "register: the registry would hold {total} bytes of records; the limit is max_registry_bytes = {budget}"
+        )));
     }
     Ok(Command::Register {
         service,

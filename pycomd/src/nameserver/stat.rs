@@ -18,6 +18,8 @@ struct Stat {
     errors: u64,
     failed: u64,
     dropped_replies: u64,
+    /// Bytes of big replies (shared, or cached) not yet taken by their peers.
+    pending_reply_bytes: usize,
     store: LogStats,
 }
 
@@ -34,6 +36,7 @@ pub fn stat(ctx: &mut Context) -> Plan {
         errors: stats.faults,
         failed: stats.failed,
         dropped_replies: stats.dropped_replies,
+        pending_reply_bytes: ctx.replies.pending_bytes(),
         store: ctx.log,
     }))
 }

@@ -17,7 +17,8 @@ pub mod record;
 use ahash::RandomState;
 use pycom_client::proto::Fault;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 pub use command::Command;
@@ -38,6 +39,8 @@ pub struct State {
     revision: u64,
     /// Shared, so that changes and results hand records on without copies.
     records: Map<Arc<str>, Arc<Record>>,
+    /// The records' sizes added up ([`Record::size`]).
+    bytes: usize,
 }
 
 /// What a change did, for events and for whatever keeps derived data.
@@ -89,17 +92,25 @@ impl State {
     /// The state a snapshot holds.
     pub fn from_parts(revision: u64, records: Vec<Record>) -> State {
         let mut map = Map::with_capacity_and_hasher(records.len(), RandomState::new());
+        let mut bytes = 0;
         for r in records {
+            bytes += r.size();
             map.insert(r.service.clone(), Arc::new(r));
         }
         State {
             revision,
             records: map,
+            bytes,
         }
     }
 
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// The records' sizes added up, as `max_registry_bytes` counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -178,7 +189,11 @@ impl State {
                 self.revision += 1;
                 record.revision = self.revision;
                 let record = Arc::new(record);
+                self.bytes += record.size();
                 let previous = self.records.insert(record.service.clone(), record.clone());
+                if let Some(previous) = &previous {
+                    self.bytes -= previous.size();
+                }
                 let kind = match previous {
                     Some(_) => ChangeKind::Updated,
                     None => ChangeKind::Registered,
@@ -230,6 +245,7 @@ impl State {
 
     fn remove(&mut self, service: &str, kind: ChangeKind) -> Option<Change> {
         let record = self.records.remove(service)?;
+        self.bytes -= record.size();
         self.revision += 1;
         Some(Change {
             kind,
@@ -262,6 +278,8 @@ pub struct Registry {
     state: State,
     own: Map<String, Record>,
     index: index::Index,
+    /// Every service name in order, for `list_services` and its pages.
+    ordered: BTreeSet<Arc<str>>,
 }
 
 impl Registry {
@@ -278,20 +296,37 @@ impl Registry {
         own: Vec<Record>,
         side: impl FnOnce(&State) -> T + Send,
     ) -> (Registry, T) {
-        let (index, extra) = std::thread::scope(|scope| {
+        let (index, ordered, extra) = std::thread::scope(|scope| {
             let extra = scope.spawn(|| side(&state));
+            let ordered = scope.spawn(|| {
+                let mut names: Vec<Arc<str>> = state
+                    .records()
+                    .chain(own.iter())
+                    .map(|r| r.service.clone())
+                    .collect();
+                names.sort_unstable();
+                names.into_iter().collect::<BTreeSet<_>>()
+            });
             let mut index = index::Index::with_capacity(state.len());
             for record in state.records().chain(own.iter()) {
                 index.insert(record, None);
             }
-            (index, extra.join())
+            (index, ordered.join(), extra.join())
         });
-        let extra = match extra {
-            Ok(extra) => extra,
-            Err(panic) => std::panic::resume_unwind(panic),
+        let (ordered, extra) = match (ordered, extra) {
+            (Ok(ordered), Ok(extra)) => (ordered, extra),
+            (Err(panic), _) | (_, Err(panic)) => std::panic::resume_unwind(panic),
         };
         let own = own.into_iter().map(|r| (r.service.to_string(), r)).collect();
-        (Registry { state, own, index }, extra)
+        (
+            Registry {
+                state,
+                own,
+                index,
+                ordered,
+            },
+            extra,
+        )
     }
 
     pub fn state(&self) -> &State {
@@ -301,6 +336,15 @@ impl Registry {
     pub fn apply(&mut self, command: &Command) -> Outcome {
         let outcome = self.state.apply(command);
         for change in &outcome.1 {
+            match change.kind {
+                ChangeKind::Registered => {
+                    self.ordered.insert(change.record.service.clone());
+                }
+                ChangeKind::Updated => {}
+                _ => {
+                    self.ordered.remove(&*change.record.service);
+                }
+            }
             if change.removes() {
                 self.index.remove(&change.record);
             } else {
@@ -325,6 +369,17 @@ impl Registry {
 
     pub fn get(&self, service: &str) -> Option<&Record> {
         self.state.get(service).or_else(|| self.own.get(service))
+    }
+
+    /// The records after `after` (all with `None`), in service order.
+    pub fn records_after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a Record> + 'a {
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        self.ordered
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter_map(|s| self.get(s))
     }
 
     /// Every record, pycomd's own included, in no order.

@@ -44,6 +44,11 @@ impl Record {
         }
     }
 
+    /// The record's size as limits count it: its strings' bytes.
+    pub fn size(&self) -> usize {
+        record_size(&self.service, &self.address, &self.interfaces, &self.metadata)
+    }
+
     /// The same registration: a register that would change nothing.
     pub fn same_as(&self, other: &Record) -> bool {
         self.address == other.address
@@ -51,4 +56,18 @@ impl Record {
             && self.metadata == other.metadata
             && self.ttl_ms == other.ttl_ms
     }
+}
+
+/// The size of a record made of these parts, as `max_record_bytes` and
+/// `max_registry_bytes` count it: the bytes of its strings.
+pub fn record_size(
+    service: &str,
+    address: &str,
+    interfaces: &[String],
+    metadata: &BTreeMap<String, String>,
+) -> usize {
+    service.len()
+        + address.len()
+        + interfaces.iter().map(String::len).sum::<usize>()
+        + metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }

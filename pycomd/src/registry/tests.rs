@@ -178,3 +178,20 @@ fn the_index_follows_the_state() {
     assert!(r.pick("org.pycom.nameserver", None, all).is_some());
     assert_eq!(r.len(), 4);
 }
+
+#[test]
+fn the_state_counts_its_records_bytes() {
+    let mut s = State::default();
+    let _ = s.apply(&register("/s", "tcp://a:1", &["a"], false, None));
+    let first = s.bytes();
+    assert_eq!(first, "/s".len() + "tcp://a:1".len() + "a".len());
+    let _ = s.apply(&register("/s", "tcp://a:1", &["bb"], false, None));
+    assert_eq!(s.bytes(), first + 2, "'interface' adds to the set");
+    let _ = s.apply(&Command::Unregister {
+        service: "/s".into(),
+        address: "tcp://a:1".into(),
+    });
+    assert_eq!(s.bytes(), 0);
+    let rebuilt = State::from_parts(0, vec![]);
+    assert_eq!(rebuilt.bytes(), 0);
+}
