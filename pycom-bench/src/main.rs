@@ -13,6 +13,7 @@
 //! measures the disk alone (append a record, fdatasync, repeat), so there is
 //! nothing to compare with an echo.
 
+mod background;
 mod disk;
 mod load;
 mod ops;
@@ -92,6 +93,10 @@ struct Cli {
     /// Measure each row this many times (each with its baseline) and report the median run
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// While pycomd is measured, another client loops list_services (whole
+    /// lists, or pages walking the registry): what big reads cost the others
+    #[arg(long, value_enum, value_name = "LISTS")]
+    background_lists: Option<background::Lists>,
     /// Skip the raw ZeroMQ echo baseline
     #[arg(long)]
     no_baseline: bool,
@@ -171,6 +176,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         let label = format!("{:?}", cli.op).to_lowercase();
         let mut runs = Vec::with_capacity(cli.repeat);
         for _ in 0..cli.repeat.max(1) {
+            let background = match cli.background_lists {
+                Some(lists) => Some(background::Background::start(&ctx, &cli.nameserver, lists)?),
+                None => None,
+            };
             let measured = if cli.op == Op::Invoke {
                 ops::invoke_with_components(&target, clients, duration)?
             } else {
@@ -187,6 +196,10 @@ fn run(cli: &Cli) -> Result<(), String> {
                 .run(&ctx)?
             }
             .summary();
+            if let Some(background) = background {
+                let said = background.stop()?;
+                eprintln!("(background: {said})");
+            }
             // The baseline right after, under the same conditions.
             let baseline = match &echo {
                 Some(echo) => {

@@ -7,7 +7,8 @@
 //! neither `limit` nor `after`) is built up to `max_reply_bytes` and
 //! refused with code 4 past it, naming the way out; a page holds at most
 //! `limit` records (default 1,000, at most 10,000), looks at no more than
-//! [`SCAN_BUDGET`] records, and says in
+//! [`SCAN_BUDGET`] records nor for longer than [`PAGE_TIME`] (so a page
+//! never holds up other clients for long), and says in
 //! `extensions["org.pycom.nameserver"].next` where the next page starts
 //! (`null` at the end). Records come in service order, from an ordered
 //! index, so a page costs what it returns, not the registry's size.
@@ -29,6 +30,9 @@ pub const MAX_PAGE: u64 = 10_000;
 /// Most records one page request looks at: a narrow filter over a big
 /// registry gets a short (even empty) page and a `next` to go on from.
 pub const SCAN_BUDGET: usize = 100_000;
+/// Longest a page may keep the server thread: a page cut short by it ends
+/// with `next`, and every other client's requests wait no longer than this.
+pub const PAGE_TIME: std::time::Duration = std::time::Duration::from_millis(2);
 /// Room kept in `max_reply_bytes` for the reply's envelope.
 const ENVELOPE_BYTES: usize = 512;
 
@@ -90,8 +94,10 @@ fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
     let mut last_included: Option<&str> = None;
     let mut next: Option<&str> = None;
     let mut records = ctx.registry.records_after(after).peekable();
+    let started = std::time::Instant::now();
     while let Some(record) = records.next() {
-        if paged && scanned == SCAN_BUDGET {
+        let out_of_time = scanned % 256 == 255 && started.elapsed() > PAGE_TIME;
+        if paged && (scanned == SCAN_BUDGET || out_of_time) {
             // Go on from the last record looked at, matching or not.
             next = Some(&record.service);
             break;
