@@ -1,12 +1,16 @@
 //! Wire compatibility: an unmodified PyCOM 0.3.2 service and client (the
-//! Python package from PyPI) work with pycomd.
+//! Python package from PyPI) work with pycomd; so do PyCOM 0.4.2's proxy
+//! client and PyCOM 0.6.0's service, client and proxy client.
 //!
 //! Needs `PYCOM_PYTHON`: a Python with `pycom==0.3.2 pyzmq six tornado`
-//! installed. `tests/run.sh` makes that venv; without it these tests fail
-//! (set `PYCOM_SKIP_INTEROP=1` to skip them knowingly).
+//! installed, `PYCOM04_PYTHON` one with `pycom==0.4.2`, `PYCOM06_PYTHON` one
+//! with `pycom==0.6.0` made importable on Python 3.11 by
+//! `tests/interop/patch_pycom06.py`. `tests/run.sh` makes those venvs;
+//! without them these tests fail (set `PYCOM_SKIP_INTEROP=1` to skip them
+//! knowingly).
 
-use pycom_client::service::{Interface, Service};
-use pycom_client::{Code, Context, Fault};
+use pycom_client::service::{Interface, Method, Reply, Service};
+use pycom_client::{Binary, Code, Context, Fault};
 use pycom_e2e::fixtures::{calc, Calc};
 use pycom_e2e::{free_port, wait_until, Daemon};
 use serde_json::json;
@@ -177,4 +181,151 @@ fn pycom_0_4_2_proxy_client_reads_rust_introspection() {
         .start()
         .unwrap();
     run_script(&python, "pycom04_proxy.py", &[&d.endpoint]);
+}
+
+fn python06() -> Option<String> {
+    python_from(
+        "PYCOM06_PYTHON",
+        "pycom==0.6.0 (patched by tests/interop/patch_pycom06.py)",
+    )
+}
+
+/// A service with PyCOM 0.6's introspection extras: attachment names per
+/// method and the interface's `data`. Mirrors `com.example.files06` of
+/// tests/interop/pycom06_service.py.
+fn files_interface() -> Interface {
+    let upload = Method::new("upload", |req| {
+        let blob = req
+            .attachments
+            .first()
+            .ok_or_else(|| Fault::bad_request("upload: an attachment is required"))?
+            .bytes()
+            .map_err(|e| Fault::bad_request(format!("upload: {e}")))?
+            .into_owned();
+        let size = blob.len();
+        let text = String::from_utf8(blob).map_err(|_| Fault::bad_request("upload: not UTF-8"))?;
+        Ok(json!({"size": size, "text": text}).into())
+    })
+    .doc("Take a blob; return its size and its text.")
+    .required(&["blob"])
+    .results(&["size", "text"])
+    .attachments(Some("blob"), None);
+    let download = Method::new("download", |req| {
+        let name: String = req.arg("name")?;
+        let blob = Binary::from_bytes(format!("contents of {name}"));
+        Ok(Reply::new(json!({ "name": name })).attach(blob))
+    })
+    .doc("Return a blob made from name.")
+    .required(&["name"])
+    .results(&["name", "blob"])
+    .attachments(None, Some("blob"));
+    Interface::new("test.files")
+        .doc("Attachments, one each way.")
+        .data(json!({"test.files.max_size": 1024}))
+        .method(upload)
+        .method(download)
+}
+
+#[test]
+fn pycom_0_6_0_service_client_and_proxy_work_with_pycomd() {
+    let Some(python) = python06() else { return };
+    let d = Daemon::with(
+        &[
+            ("PYCOMD_PROBE_INTERVAL_MS", "200"),
+            ("PYCOMD_PROBE_TIMEOUT_MS", "200"),
+            ("PYCOMD_PROBE_FAILURES", "2"),
+        ],
+        &[],
+    );
+    let address = format!("tcp://127.0.0.1:{}", free_port());
+    let service = "/com/example/py06service";
+    let service_log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(&python)
+        .arg(script("pycom06_service.py"))
+        .args([&d.endpoint, &address, service])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(service_log.reopen().unwrap())
+        .spawn()
+        .expect("start the PyCOM 0.6 service");
+    let mut py_service = Killed(child);
+    let logs = || {
+        let service = std::fs::read_to_string(service_log.path()).unwrap_or_default();
+        format!("pycomd log:\n{}\nservice log:\n{service}", d.log())
+    };
+
+    // 0.6 registers both interfaces in one call (`interfaces`), unleased.
+    let mut ns = d.ns();
+    let registered = wait_until(Duration::from_secs(20), || {
+        ns.locate("com.example.calc06", None)
+            .map(|s| s.interfaces.len() == 2)
+            .unwrap_or(false)
+    });
+    assert!(registered, "the PyCOM 0.6 service did not register; {}", logs());
+    let info = ns.locate("com.example.files06", Some(service)).unwrap();
+    assert_eq!(info.address, address);
+    assert_eq!(info.interfaces, vec!["com.example.calc06", "com.example.files06"]);
+
+    // Probes keep it (it has no lease and renews only every 30 s).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert!(
+            ns.locate("com.example.calc06", None).is_ok(),
+            "a live PyCOM 0.6 service must stay; {}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // PyCOM 0.6's client and proxy client call it through pycomd.
+    run_script(&python, "pycom06_client.py", &[&d.endpoint, service]);
+
+    // The Rust client calls it too, and reads its 0.6 introspection.
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let mut calc = ctx.locate_service("com.example.calc06", service).unwrap();
+    assert_eq!(
+        calc.invoke("add", json!({"a": 1, "b": 2})).unwrap(),
+        json!({"total": 3})
+    );
+    let intro = calc.invoke("introspect", json!(null)).unwrap();
+    assert_eq!(intro["data"], json!({"com.example.calc06.flavour": "python"}));
+    assert_eq!(
+        intro["methods"]["introspect"]["results"],
+        json!(["name", "methods", "docstring", "data"])
+    );
+    let mut files = ctx.locate("com.example.files06").unwrap();
+    let out = files.call("download", json!({"name": "r"}), &[]).unwrap();
+    assert_eq!(out.result, json!({"name": "r"}));
+    assert_eq!(out.attachments.len(), 1);
+    assert_eq!(&*out.attachments[0].bytes().unwrap(), b"contents of r");
+    let out = files
+        .call("upload", json!({}), &[Binary::from_bytes("abc")])
+        .unwrap();
+    assert_eq!(out.result, json!({"size": 3, "text": "abc"}));
+
+    // 0.6 never unregisters: killed, it is dropped by the probes.
+    let _ = py_service.0.kill();
+    let _ = py_service.0.wait();
+    let dropped = wait_until(Duration::from_secs(10), || {
+        ns.locate("com.example.calc06", None).is_err()
+    });
+    assert!(dropped, "a dead PyCOM 0.6 service must be dropped; {}", logs());
+}
+
+#[test]
+fn pycom_0_6_0_proxy_client_reads_pycomd_and_rust_introspection() {
+    let Some(python) = python06() else { return };
+    let d = Daemon::start();
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let _calc = Service::builder("/test/calc")
+        .context(ctx.clone())
+        .interface(calc::interface(std::sync::Arc::new(Calc)))
+        .start()
+        .unwrap();
+    let _files = Service::builder("/test/files")
+        .context(ctx)
+        .interface(files_interface())
+        .start()
+        .unwrap();
+    run_script(&python, "pycom06_proxy.py", &[&d.endpoint]);
 }

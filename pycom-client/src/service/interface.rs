@@ -117,6 +117,8 @@ pub struct Method {
     required: Vec<String>,
     optional: Vec<String>,
     results: Vec<String>,
+    incoming: Option<String>,
+    outgoing: Option<String>,
 }
 
 impl Method {
@@ -132,6 +134,8 @@ impl Method {
             required: Vec::new(),
             optional: Vec::new(),
             results: Vec::new(),
+            incoming: None,
+            outgoing: None,
         }
     }
 
@@ -159,19 +163,67 @@ impl Method {
         self
     }
 
+    /// The names under which the method takes (`incoming`) and returns
+    /// (`outgoing`) an attachment, `None` when it does not: what PyCOM 0.6's
+    /// `introspect` shows as `"attachments"`, and what its proxy client reads.
+    ///
+    /// This only describes the method; the handler still reads
+    /// [`Request::attachments`] and adds its own with [`Reply::attach`].
+    /// PyCOM 0.6 sends and reads at most one attachment per message. Its
+    /// proxy puts a reply's attachment into the (object) result under
+    /// `outgoing`, so list that name in [`results`](Method::results) too to
+    /// get it in the proxy's tuple, as PyCOM 0.6's own services do.
+    ///
+    /// ```
+    /// use pycom_client::service::{Method, Reply};
+    /// use pycom_client::Binary;
+    /// use serde_json::json;
+    ///
+    /// let download = Method::new("download", |req| {
+    ///     let name: String = req.arg("name")?;
+    ///     Ok(Reply::new(json!({ "name": name })).attach(Binary::from_bytes("...")))
+    /// })
+    /// .required(&["name"])
+    /// .results(&["name", "blob"])
+    /// .attachments(None, Some("blob"));
+    /// ```
+    pub fn attachments(mut self, incoming: Option<&str>, outgoing: Option<&str>) -> Method {
+        self.incoming = incoming.map(str::to_string);
+        self.outgoing = outgoing.map(str::to_string);
+        self
+    }
+
     fn describe(&self) -> Value {
-        describe_method(&self.required, &self.optional, &self.results, &self.doc)
+        let attachments = (self.incoming.as_deref(), self.outgoing.as_deref());
+        describe_method(
+            &self.required,
+            &self.optional,
+            &self.results,
+            attachments,
+            &self.doc,
+        )
     }
 }
 
-/// One method as PyCOM 0.4's `introspect` describes it.
-pub fn describe_method<S: AsRef<str>>(required: &[S], optional: &[S], results: &[S], doc: &str) -> Value {
+/// One method as PyCOM 0.6's `introspect` describes it (a superset of 0.4's):
+/// its arguments, the result keys PyCOM's proxy turns into a tuple, its
+/// docstring, and `attachments`: the names under which it takes and returns
+/// an attachment, `(incoming, outgoing)`, `None` (null) when it does not.
+pub fn describe_method<S: AsRef<str>>(
+    required: &[S],
+    optional: &[S],
+    results: &[S],
+    attachments: (Option<&str>, Option<&str>),
+    doc: &str,
+) -> Value {
     let names = |v: &[S]| v.iter().map(|s| s.as_ref().to_string()).collect::<Vec<_>>();
+    let (incoming, outgoing) = attachments;
     json!({
         "required_arguments": names(required),
         "optional_arguments": names(optional),
         "results": names(results),
         "docstring": docstring(doc),
+        "attachments": {"incoming": incoming, "outgoing": outgoing},
     })
 }
 
@@ -185,28 +237,40 @@ fn docstring(doc: &str) -> String {
         .to_string()
 }
 
-/// PyCOM 0.4's `introspect` result: the interface, its docstring and its
-/// methods (each from [`describe_method`]), with `introspect` itself listed
-/// as PyCOM declares it.
-pub fn introspection(name: &str, doc: &str, mut methods: Map<String, Value>) -> Value {
+/// PyCOM 0.6's `introspect` result (a superset of 0.4's, which old proxies
+/// read unchanged): the interface's `name`, `docstring`, `methods` (each
+/// from [`describe_method`]) and `data`, its extra description (`{}` when
+/// none), with `introspect` itself listed as PyCOM 0.6 declares it: four
+/// results, which PyCOM's proxy turns into a tuple.
+pub fn introspection(
+    name: &str,
+    doc: &str,
+    data: &Map<String, Value>,
+    mut methods: Map<String, Value>,
+) -> Value {
     methods.entry("introspect").or_insert_with(|| {
-        json!({"required_arguments": [], "optional_arguments": [],
-               "results": ["name", "methods", "docstring"],
-               "docstring": "Provides introspection information for a service."})
+        describe_method(
+            &[] as &[&str],
+            &[],
+            &["name", "methods", "docstring", "data"],
+            (None, None),
+            "Provides introspection information for a service.",
+        )
     });
-    json!({"name": name, "docstring": docstring(doc), "methods": methods})
+    json!({"name": name, "docstring": docstring(doc), "methods": methods, "data": data})
 }
 
-/// [`introspection`] of an interface declared with [`interface!`](crate::interface).
+/// [`introspection`] of an interface declared with [`interface!`](crate::interface):
+/// no `data`, and no method takes or returns an attachment.
 pub fn introspection_of(name: &str, doc: &str, methods: &[crate::proxy::MethodSpec]) -> Value {
     let methods = methods
         .iter()
         .map(|m| {
-            let describe = describe_method(m.required, m.optional, m.results, m.doc);
+            let describe = describe_method(m.required, m.optional, m.results, (None, None), m.doc);
             (m.name.to_string(), describe)
         })
         .collect();
-    introspection(name, doc, methods)
+    introspection(name, doc, &Map::new(), methods)
 }
 
 /// A named interface: a set of methods.
@@ -214,6 +278,7 @@ pub fn introspection_of(name: &str, doc: &str, methods: &[crate::proxy::MethodSp
 pub struct Interface {
     name: String,
     doc: String,
+    data: Map<String, Value>,
     pub(crate) methods: BTreeMap<String, Method>,
 }
 
@@ -223,6 +288,7 @@ impl Interface {
         Interface {
             name: name.to_string(),
             doc: String::new(),
+            data: Map::new(),
             methods: BTreeMap::new(),
         }
     }
@@ -235,6 +301,24 @@ impl Interface {
     /// The docstring `introspect` shows.
     pub fn doc(mut self, doc: &str) -> Interface {
         self.doc = doc.to_string();
+        self
+    }
+
+    /// The interface's extra description, which `introspect` shows as
+    /// `data` (PyCOM 0.6's `introspection_data`; `{}` when never set), e.g.
+    /// `json!({"com.example.foo.version": 2})`.
+    ///
+    /// # Panics
+    /// When `data` is not a JSON object: PyCOM 0.6 requires a dict there.
+    pub fn data(mut self, data: Value) -> Interface {
+        match data {
+            Value::Object(map) => self.data = map,
+            other => panic!(
+                "Interface::data of {}: must be a JSON object, not {}",
+                self.name,
+                type_name(&other)
+            ),
+        }
         self
     }
 
@@ -253,13 +337,102 @@ impl Interface {
         self.method(Method::new(name, handler))
     }
 
-    /// PyCOM 0.4's `introspect` result for this interface.
+    /// PyCOM 0.6's `introspect` result for this interface (see [`introspection`]).
     pub fn introspect(&self) -> Value {
         let methods = self
             .methods
             .iter()
             .map(|(n, m)| (n.clone(), m.describe()))
             .collect();
-        introspection(&self.name, &self.doc, methods)
+        introspection(&self.name, &self.doc, &self.data, methods)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of PyCOM 0.6's `pycom.Service` docstring, field for field.
+    #[test]
+    fn introspect_matches_pycom_0_6() {
+        let iface = Interface::new("com.example.interface.foo")
+            .doc("My Demo Service")
+            .data(json!({"com.example.interface.foo.x": null}))
+            .method(
+                Method::new("method_name", |_| Ok(Value::Null.into()))
+                    .doc("My Demo Method")
+                    .required(&["arg1", "arg2"])
+                    .optional(&["arg3"])
+                    .results(&["res1", "res2"]),
+            );
+        let no_attachments = json!({"incoming": null, "outgoing": null});
+        assert_eq!(
+            iface.introspect(),
+            json!({
+                "name": "com.example.interface.foo",
+                "methods": {
+                    "introspect": {
+                        "required_arguments": [],
+                        "optional_arguments": [],
+                        "results": ["name", "methods", "docstring", "data"],
+                        "docstring": "Provides introspection information for a service.",
+                        "attachments": no_attachments,
+                    },
+                    "method_name": {
+                        "required_arguments": ["arg1", "arg2"],
+                        "optional_arguments": ["arg3"],
+                        "results": ["res1", "res2"],
+                        "docstring": "My Demo Method",
+                        "attachments": no_attachments,
+                    },
+                },
+                "docstring": "My Demo Service",
+                "data": {"com.example.interface.foo.x": null},
+            })
+        );
+    }
+
+    #[test]
+    fn attachment_names_and_default_data() {
+        let iface = Interface::new("t")
+            .method(Method::new("up", |_| Ok(Value::Null.into())).attachments(Some("blob"), None))
+            .method(Method::new("down", |_| Ok(Value::Null.into())).attachments(None, Some("blob")));
+        let intro = iface.introspect();
+        assert_eq!(intro["data"], json!({}));
+        assert_eq!(
+            intro["methods"]["up"]["attachments"],
+            json!({"incoming": "blob", "outgoing": null})
+        );
+        assert_eq!(
+            intro["methods"]["down"]["attachments"],
+            json!({"incoming": null, "outgoing": "blob"})
+        );
+    }
+
+    #[test]
+    fn declared_interfaces_carry_the_0_6_fields() {
+        use crate::nameserver::api;
+        let intro = introspection_of(api::NAME, api::DOC, api::METHODS);
+        assert_eq!(intro["name"], api::NAME);
+        assert_eq!(intro["data"], json!({}));
+        let methods = intro["methods"].as_object().unwrap();
+        assert_eq!(methods.len(), api::METHODS.len() + 1);
+        for (name, method) in methods {
+            assert_eq!(
+                method["attachments"],
+                json!({"incoming": null, "outgoing": null}),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            methods["locate"]["results"],
+            json!(["address", "service", "interfaces"])
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "must be a JSON object")]
+    fn data_must_be_an_object() {
+        let _ = Interface::new("t").data(json!([1]));
     }
 }
