@@ -1,5 +1,6 @@
-//! `introspect`: the nameserver described in PyCOM 0.4's format, which
-//! PyCOM's proxy client reads before its first call. Made from the
+//! `introspect`: the nameserver described in PyCOM's format (0.4's, with
+//! 0.6's per-method `attachments` and top-level `data`), which PyCOM's
+//! proxy client reads before its first call. Made from the
 //! nameserver's declaration in pycom-client (`nameserver::api`), the one
 //! list of its methods.
 
