@@ -1,29 +1,65 @@
 //! pycomctl: the operator CLI for pycom.
 //!
-//! Exit codes: 0 success, 1 the remote side answered with an error (the
-//! message goes to stderr), 2 usage error, 3 nameserver or service
-//! unreachable or timed out.
+//! Exit codes (also in `--help` and the README): 0 success, 1 the remote
+//! side answered with an error (the message goes to stderr), 2 usage error,
+//! 3 no nameserver answered, 4 the called service did not answer.
 
 mod commands;
+mod endpoint;
 mod output;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success
+  1  the remote side answered with an error (its message on stderr), or
+     the output could not be written
+  2  usage error: a bad argument, a malformed endpoint or ARGS_JSON, an
+     unreadable file (nothing was sent)
+  3  no nameserver answered: no answer from tcp://...: is pycomd running?
+  4  the called service did not answer in time (call); the method may
+     have run all the same
+
+A reader that goes away (pycomctl ... | head) ends pycomctl quietly.";
+
 #[derive(Parser, Debug)]
-#[command(version, about = "Query and change a pycomd registry, call pycom services")]
+#[command(
+    version,
+    about = "Query and change a pycomd registry, call pycom services",
+    after_help = EXIT_STATUS
+)]
 pub struct Cli {
     /// Nameserver endpoint(s), comma-separated: tried in order when one does not answer
     #[arg(long, global = true, env = "PYCOM_NAMESERVER", default_value = pycom_client::nameserver::DEFAULT_ENDPOINT)]
     pub nameserver: String,
     /// How long to wait for each reply, in milliseconds
-    #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
+    #[arg(long, global = true, default_value_t = 5000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
-    /// Print JSON instead of tables
-    #[arg(long, global = true)]
+    /// Output format: tables (or a call's plain result), or JSON
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub output: Option<Format>,
+    /// Print JSON instead of tables (the same as --output json)
+    #[arg(long, global = true, conflicts_with = "output")]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+impl Cli {
+    /// JSON output (`--output json` or `--json`)?
+    pub fn json(&self) -> bool {
+        self.json || self.output == Some(Format::Json)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +100,11 @@ pub enum Command {
         /// Write the reply's attachments into DIR as attachment-0, attachment-1, ...
         #[arg(long, value_name = "DIR")]
         save_attachments: Option<std::path::PathBuf>,
+        /// When the service does not answer within --timeout, locate it again
+        /// and call again, up to N more times (each said on stderr). Only for
+        /// methods safe to run twice: an unanswered call may still have run
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retry: u32,
     },
     /// Register a service (leased with --ttl, else probed by pycomd)
     Register {
@@ -74,17 +115,37 @@ pub enum Command {
         /// Lease length in milliseconds
         #[arg(long, value_name = "MS")]
         ttl: Option<u64>,
+        /// A metadata entry of the record (repeatable)
+        #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_metadata)]
+        metadata: Vec<(String, String)>,
     },
+    /// Extend the lease of a service's record (only its own address may)
+    Renew { service: String, address: String },
     /// Remove a service's record (only its own address may)
     Unregister { service: String, address: String },
 }
 
+fn parse_metadata(entry: &str) -> Result<(String, String), String> {
+    match entry.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        Some(_) => Err("the key is empty: expected KEY=VALUE".into()),
+        None => Err("no '=': expected KEY=VALUE".into()),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match commands::run(&cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let nameserver_from = match matches.value_source("nameserver") {
+        Some(ValueSource::EnvVariable) => "PYCOM_NAMESERVER",
+        _ => "--nameserver",
+    };
+    match commands::run(&cli, nameserver_from) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing more to say to anyone.
+        Err(commands::Failure::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pycomctl: {e}");
+            output::note(format_args!("pycomctl: {e}"));
             ExitCode::from(e.exit_code())
         }
     }

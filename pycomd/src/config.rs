@@ -92,7 +92,7 @@ impl Default for Settings {
             probe_timeout_ms: 2_000,
             probe_failures: 3,
             high_water_mark: 1_000,
-            listen_backlog: 1024,
+            listen_backlog: 4096,
             max_reply_bytes: 4 * 1024 * 1024,
             max_pending_reply_bytes: 256 * 1024 * 1024,
             max_record_bytes: 16 * 1024,
@@ -126,7 +126,12 @@ pub struct Overrides {
 }
 
 impl Settings {
-    /// Load all layers. Errors read like sentences and name the file or key.
+    /// Load all layers. Errors read like sentences and name the file, key
+    /// or environment variable.
+    ///
+    /// The config file is `--config`, else `$PYCOMD_CONFIG`, else
+    /// [`SYSTEM_CONFIG`] if it exists. Every other `PYCOMD_*` variable must
+    /// be a setting (`PYCOMD_MAX_RECORDS` for `max_records`).
     pub fn load(overrides: &Overrides) -> Result<Settings, String> {
         let defaults =
             config::Config::try_from(&Settings::default()).map_err(|e| format!("built-in defaults: {e}"))?;
@@ -138,13 +143,32 @@ impl Settings {
                 }
                 builder = builder.add_source(config_file(path)?);
             }
-            None if Path::new(SYSTEM_CONFIG).is_file() => {
-                builder = builder.add_source(config_file(Path::new(SYSTEM_CONFIG))?);
-            }
-            None => {}
+            None => match std::env::var_os("PYCOMD_CONFIG").filter(|p| !p.is_empty()) {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    if !path.is_file() {
+                        return Err(format!(
+                            "PYCOMD_CONFIG={}: the config file {} does not exist",
+                            path.display(),
+                            path.display()
+                        ));
+                    }
+                    builder = builder
+                        .add_source(config_file(&path).map_err(|e| format!("{e} (named by PYCOMD_CONFIG)"))?);
+                }
+                None if Path::new(SYSTEM_CONFIG).is_file() => {
+                    builder = builder.add_source(config_file(Path::new(SYSTEM_CONFIG))?);
+                }
+                None => {}
+            },
+        }
+        let environment = environment_settings()?;
+        for (name, key, _, value) in &environment {
+            builder = builder
+                .set_override(key.as_str(), config_value(value))
+                .map_err(|e| format!("environment variable {name}: {e}"))?;
         }
         let builder = builder
-            .add_source(config::Environment::with_prefix("PYCOMD").try_parsing(true))
             .set_override_option("listen", overrides.listen.clone())
             .and_then(|b| {
                 b.set_override_option(
@@ -159,7 +183,9 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| format!("invalid configuration: {e}"))?;
-        settings.validate()?;
+        settings
+            .validate()
+            .map_err(|e| name_environment_variables(e, &environment))?;
         Ok(settings)
     }
 
@@ -245,6 +271,134 @@ impl Settings {
         let settings = serde_json::from_value(serde_json::Value::Object(running))
             .map_err(|e| format!("reloaded settings do not fit: {e}"))?;
         Ok((settings, applied, restart))
+    }
+}
+
+/// The `PYCOMD_*` environment variables (but `PYCOMD_CONFIG`, the config
+/// file) as settings: (variable, setting, value as given, value). Each is
+/// checked on its own, so that an error names the variable: one that is no
+/// setting, or a value the setting cannot take.
+#[allow(clippy::type_complexity)]
+fn environment_settings() -> Result<Vec<(String, String, String, serde_json::Value)>, String> {
+    let defaults = match serde_json::to_value(Settings::default()) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return Err("built-in defaults do not serialize to a table".into()),
+    };
+    let mut vars: Vec<(String, std::ffi::OsString)> = std::env::vars_os()
+        .map(|(name, value)| (name.to_string_lossy().into_owned(), value))
+        .filter(|(name, _)| name.starts_with("PYCOMD_") && name != "PYCOMD_CONFIG")
+        .collect();
+    vars.sort();
+    let mut found = Vec::new();
+    for (name, value) in vars {
+        let key = name["PYCOMD_".len()..].to_ascii_lowercase();
+        let Some(default) = defaults.get(&key) else {
+            let settings: Vec<String> = defaults
+                .keys()
+                .map(|k| format!("PYCOMD_{}", k.to_ascii_uppercase()))
+                .collect();
+            return Err(format!(
+                "environment variable {name} is not a pycomd setting; the settings are: {} (and PYCOMD_CONFIG, the config file)",
+                settings.join(", ")
+            ));
+        };
+        let Some(raw) = value.to_str() else {
+            return Err(format!(
+                "environment variable {name}: the value is not valid UTF-8"
+            ));
+        };
+        let parsed = env_value(raw, default).map_err(|why| format!("{name}={raw}: {why}"))?;
+        // The value alone, in the defaults: does the setting take it?
+        let mut alone = defaults.clone();
+        alone.insert(key.clone(), parsed.clone());
+        serde_json::from_value::<Settings>(serde_json::Value::Object(alone))
+            .map_err(|e| format!("{name}={raw}: {e}"))?;
+        found.push((name, key, raw.to_string(), parsed));
+    }
+    Ok(found)
+}
+
+/// An environment variable's text as a value of the setting's type (that of
+/// its default).
+fn env_value(raw: &str, default: &serde_json::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    let text = raw.trim();
+    let boolean = || match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(Value::Bool(true)),
+        "false" | "0" | "no" | "off" => Some(Value::Bool(false)),
+        _ => None,
+    };
+    let number = || {
+        text.parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| text.parse::<u64>().map(Value::from))
+            .ok()
+    };
+    match default {
+        Value::Bool(_) => boolean().ok_or_else(|| "expected true or false".to_string()),
+        Value::Number(n) if n.is_f64() => text
+            .parse::<f64>()
+            .map(Value::from)
+            .map_err(|_| "expected a number".to_string()),
+        Value::Number(_) => number().ok_or_else(|| "expected a whole number".to_string()),
+        Value::String(_) => Ok(Value::String(raw.to_string())),
+        Value::Array(_) | Value::Object(_) => {
+            serde_json::from_str(text).map_err(|e| format!("expected a JSON value: {e}"))
+        }
+        // An optional setting: whatever the text looks like.
+        Value::Null => Ok(boolean()
+            .filter(|_| !text.chars().all(|c| c.is_ascii_digit()))
+            .or_else(number)
+            .or_else(|| text.parse::<f64>().ok().map(Value::from))
+            .unwrap_or_else(|| Value::String(raw.to_string()))),
+    }
+}
+
+/// A JSON value as a value of the `config` crate.
+fn config_value(value: &serde_json::Value) -> config::Value {
+    use serde_json::Value;
+    match value {
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into(),
+            (None, Some(u)) => u.into(),
+            _ => n.as_f64().unwrap_or_default().into(),
+        },
+        Value::String(s) => s.clone().into(),
+        Value::Null => config::Value::new(None, config::ValueKind::Nil),
+        Value::Array(items) => items.iter().map(config_value).collect::<Vec<_>>().into(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), config_value(v)))
+            .collect::<config::Map<String, config::Value>>()
+            .into(),
+    }
+}
+
+/// A validation error, with the environment variables behind the settings
+/// it names.
+#[allow(clippy::type_complexity)]
+fn name_environment_variables(
+    error: String,
+    environment: &[(String, String, String, serde_json::Value)],
+) -> String {
+    let names_setting = |key: &str| {
+        error.match_indices(key).any(|(at, _)| {
+            let before = error[..at].chars().next_back();
+            let after = error[at + key.len()..].chars().next();
+            let part_of_word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            !part_of_word(before) && !part_of_word(after)
+        })
+    };
+    let from: Vec<String> = environment
+        .iter()
+        .filter(|(_, key, _, _)| names_setting(key))
+        .map(|(name, _, raw, _)| format!("{name}={raw}"))
+        .collect();
+    if from.is_empty() {
+        error
+    } else {
+        format!("{error} (set by the environment: {})", from.join(", "))
     }
 }
 

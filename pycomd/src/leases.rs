@@ -8,6 +8,7 @@
 //! `Expire` through the log; the record leaves the state when that applies.
 
 use crate::registry::Map;
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -16,34 +17,29 @@ use std::time::{Duration, Instant};
 /// How long after a refused `Expire` proposal it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 
+/// One lease: 40 bytes, a million of them in a table of their own. The
+/// name is the table's key (shared with the state); the deadline and the
+/// expiring mark are cells, so a renewal needs one look-up that also hands
+/// out the key for the wake-up heap.
 #[derive(Debug)]
 struct Lease {
-    /// The key again, for wake-ups: a shared name, not a copy.
-    service: Arc<str>,
     /// The version of the record the lease belongs to.
     revision: u64,
-    ttl: Duration,
-    deadline: Instant,
+    deadline: Cell<Instant>,
+    ttl_ms: u64,
     /// `Expire` is proposed and not yet applied.
-    expiring: bool,
+    expiring: Cell<bool>,
 }
 
 impl Lease {
     /// A full term from `now`.
-    fn new(service: &Arc<str>, revision: u64, ttl_ms: u64, now: Instant) -> Lease {
-        let ttl = Duration::from_millis(ttl_ms);
+    fn new(revision: u64, ttl_ms: u64, now: Instant) -> Lease {
         Lease {
-            service: service.clone(),
             revision,
-            ttl,
-            deadline: now + ttl,
-            expiring: false,
+            deadline: Cell::new(now + Duration::from_millis(ttl_ms)),
+            ttl_ms,
+            expiring: Cell::new(false),
         }
-    }
-
-    /// The heap entry that wakes the server at the deadline.
-    fn wakeup(&self) -> Reverse<(Instant, Arc<str>)> {
-        Reverse((self.deadline, self.service.clone()))
     }
 }
 
@@ -58,8 +54,8 @@ pub struct Leases {
 impl Leases {
     /// A full term for this version of the record, from `now`.
     pub fn grant(&mut self, service: &Arc<str>, revision: u64, ttl_ms: u64, now: Instant) {
-        let lease = Lease::new(service, revision, ttl_ms, now);
-        self.heap.push(lease.wakeup());
+        let lease = Lease::new(revision, ttl_ms, now);
+        self.heap.push(Reverse((lease.deadline.get(), service.clone())));
         self.leases.insert(service.clone(), lease);
     }
 
@@ -70,8 +66,8 @@ impl Leases {
         let mut leases = Map::with_capacity_and_hasher(most, Default::default());
         let mut wakeups = Vec::with_capacity(most);
         for (service, revision, ttl_ms) in leased {
-            let lease = Lease::new(service, revision, ttl_ms, now);
-            wakeups.push(lease.wakeup());
+            let lease = Lease::new(revision, ttl_ms, now);
+            wakeups.push(Reverse((lease.deadline.get(), service.clone())));
             leases.insert(service.clone(), lease);
         }
         Leases {
@@ -95,25 +91,26 @@ impl Leases {
     /// Extend a live lease by its full term; `None` if `service` has no
     /// lease or it ran out.
     pub fn renew(&mut self, service: &str, now: Instant) -> Option<u64> {
-        let lease = self.leases.get_mut(service)?;
-        if lease.deadline <= now {
+        let (key, lease) = self.leases.get_key_value(service)?;
+        if lease.deadline.get() <= now {
             return None;
         }
-        lease.deadline = now + lease.ttl;
-        self.heap.push(Reverse((lease.deadline, lease.service.clone())));
-        Some(lease.ttl.as_millis() as u64)
+        let deadline = now + Duration::from_millis(lease.ttl_ms);
+        lease.deadline.set(deadline);
+        self.heap.push(Reverse((deadline, key.clone())));
+        Some(lease.ttl_ms)
     }
 
     /// False once `service`'s lease ran out (records without one are live).
     pub fn is_live(&self, service: &str, now: Instant) -> bool {
-        self.leases.get(service).is_none_or(|l| l.deadline > now)
+        self.leases.get(service).is_none_or(|l| l.deadline.get() > now)
     }
 
     /// The revision whose lease ran out, if `service`'s did.
     pub fn lapsed(&self, service: &str, now: Instant) -> Option<u64> {
         self.leases
             .get(service)
-            .filter(|l| l.deadline <= now)
+            .filter(|l| l.deadline.get() <= now)
             .map(|l| l.revision)
     }
 
@@ -121,7 +118,7 @@ impl Leases {
     pub fn next_wakeup(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, service))) = self.heap.peek() {
             match self.leases.get(service) {
-                Some(l) if !l.expiring && l.deadline <= *at => return Some(*at),
+                Some(l) if !l.expiring.get() && l.deadline.get() <= *at => return Some(*at),
                 _ => {
                     self.heap.pop();
                 }
@@ -141,9 +138,9 @@ impl Leases {
             let Some(Reverse((_, service))) = self.heap.pop() else {
                 break;
             };
-            if let Some(lease) = self.leases.get_mut(&service) {
-                if !lease.expiring && lease.deadline <= now {
-                    lease.expiring = true;
+            if let Some(lease) = self.leases.get(&service) {
+                if !lease.expiring.get() && lease.deadline.get() <= now {
+                    lease.expiring.set(true);
                     due.push((service, lease.revision));
                 }
             }
@@ -153,9 +150,9 @@ impl Leases {
 
     /// The `Expire` proposed for `service` was refused: try again shortly.
     pub fn retry(&mut self, service: &str, now: Instant) {
-        if let Some(lease) = self.leases.get_mut(service) {
-            lease.expiring = false;
-            self.heap.push(Reverse((now + RETRY, lease.service.clone())));
+        if let Some((key, lease)) = self.leases.get_key_value(service) {
+            lease.expiring.set(false);
+            self.heap.push(Reverse((now + RETRY, key.clone())));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! pycomd's command line: flags, logging, then [`pycomd::run`].
 
 use clap::Parser;
-use pycomd::config::{Overrides, Settings};
+use pycomd::config::{Overrides, Settings, SYSTEM_CONFIG};
 use pycomd::{logging, Failure, Launch};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ struct Cli {
     /// Directory for the registry [default: $STATE_DIRECTORY or ./pycomd-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Configuration file [default: /etc/pycomd/pycomd.toml if it exists]
+    /// Configuration file [default: $PYCOMD_CONFIG, else /etc/pycomd/pycomd.toml if it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or tracing directives [default: info]
@@ -30,6 +30,11 @@ struct Cli {
     /// changes that lost
     #[arg(long)]
     recover: bool,
+    /// Load and check the configuration (defaults, config file, PYCOMD_*
+    /// environment, flags), print the effective settings as TOML and exit:
+    /// 0 when valid, 2 with the error. Opens no data dir, binds nothing
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
         log_level: cli.log_level,
         log_format: cli.log_format,
     };
+    let config_file = config_file_read(&overrides);
     let settings = match Settings::load(&overrides) {
         Ok(s) => s,
         Err(e) => {
@@ -55,6 +61,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(why) = exposed(&settings.listen) {
+        tracing::warn!(
+            "pycomd listens on {} ({why}) and has no access control: anyone who can connect can register, renew, unregister and look up services. Listen on tcp://127.0.0.1 (the default), or keep the port behind a firewall",
+            settings.listen
+        );
+    }
+    if cli.check_config {
+        print_settings(&settings, config_file.as_deref());
+        return ExitCode::SUCCESS;
+    }
     let launch = Launch {
         overrides,
         log_control,
@@ -68,5 +84,78 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Unwritten(_)) => ExitCode::FAILURE,
+    }
+}
+
+/// The config file [`Settings::load`] reads: `--config`, else
+/// `$PYCOMD_CONFIG`, else the system one if it exists.
+fn config_file_read(overrides: &Overrides) -> Option<PathBuf> {
+    overrides
+        .config_file
+        .clone()
+        .or_else(|| {
+            std::env::var_os("PYCOMD_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.is_file()))
+}
+
+/// `--check-config`: the effective settings as a TOML config file would
+/// give them, those at their default marked.
+fn print_settings(settings: &Settings, config_file: Option<&std::path::Path>) {
+    use std::io::Write;
+    let as_map = |s: &Settings| match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => Default::default(),
+    };
+    let (effective, defaults) = (as_map(settings), as_map(&Settings::default()));
+    let mut text = String::from(
+        "# pycomd's effective settings: built-in defaults, then the config file,\n\
+         # PYCOMD_* environment variables, flags (valid: pycomd would start with them).\n",
+    );
+    match config_file {
+        Some(path) => text.push_str(&format!("# config file: {}\n", path.display())),
+        None => text.push_str("# config file: none\n"),
+    }
+    for (name, value) in &effective {
+        let toml = match value {
+            // A JSON string is a valid TOML basic string.
+            serde_json::Value::Null => continue,
+            other => other.to_string(),
+        };
+        let line = format!("{name} = {toml}");
+        if defaults.get(name) == Some(value) {
+            text.push_str(&format!("{line:<48} # default\n"));
+        } else {
+            text.push_str(&format!("{line}\n"));
+        }
+    }
+    // Nothing to do about a closed stdout: the check itself passed.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Why `listen` is reachable from other hosts, if it is: pycomd has no
+/// access control yet, so that deserves a warning.
+fn exposed(listen: &str) -> Option<&'static str> {
+    let (transport, rest) = listen.split_once("://")?;
+    match transport {
+        "ipc" | "inproc" => return None,
+        "tcp" | "ws" | "wss" => {}
+        _ => return Some("a network transport"),
+    }
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    match host {
+        "*" | "0.0.0.0" | "::" => Some("every network interface"),
+        "localhost" | "lo" => None,
+        _ => match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => None,
+            Ok(_) => Some("an address other hosts can reach"),
+            Err(_) => Some("an interface or host name other than loopback"),
+        },
     }
 }

@@ -48,7 +48,13 @@ fn a_full_disk_refuses_writes_with_code_7_and_they_change_nothing() {
         }
     };
     // Declared after the mount: dropped (killed) before it is unmounted.
-    let mut d = Daemon::with_data_dir(&mount.path().join("data"), &[], &[]);
+    // Records big enough that a refused one cannot fit in what the filler
+    // leaves (about 64 KB of metadata): past the default max_record_bytes.
+    let mut d = Daemon::with_data_dir(
+        &mount.path().join("data"),
+        &[("PYCOMD_MAX_RECORD_BYTES", "1048576")],
+        &[],
+    );
     let mut accepted: BTreeSet<String> = (0..5).map(|i| format!("/full/ok/{i}")).collect();
     for name in &accepted {
         d.ns()
@@ -143,7 +149,13 @@ fn sigterm_while_a_write_that_cannot_be_made_durable_is_in_flight_exits_1() {
             return;
         }
     };
-    let mut d = Daemon::with_data_dir(&mount.path().join("data"), &[], &[]);
+    // Records big enough that a refused one cannot fit in what the filler
+    // leaves (about 64 KB of metadata): past the default max_record_bytes.
+    let mut d = Daemon::with_data_dir(
+        &mount.path().join("data"),
+        &[("PYCOMD_MAX_RECORD_BYTES", "1048576")],
+        &[],
+    );
     let accepted: BTreeSet<String> = (0..3).map(|i| format!("/inflight/ok/{i}")).collect();
     for name in &accepted {
         d.ns()

@@ -1,10 +1,15 @@
 //! call IFACE METHOD [ARGS_JSON]: locate a provider, then invoke it, with
 //! file attachments out and back.
+//!
+//! One try unless `--retry N` asks for more: a call that got no answer may
+//! have run all the same, and pycomctl cannot know whether the method is
+//! safe to run twice. pycom-client's own retries are switched off; each
+//! retry here is said on stderr and locates the service again first.
 
-use super::Failure;
+use super::{unanswered, Failure};
 use crate::output;
 use crate::Cli;
-use pycom_client::{Binary, Context};
+use pycom_client::{Binary, Component, Context, RetryPolicy, ServiceInfo};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +20,16 @@ pub struct Target<'a> {
     pub service: Option<&'a str>,
     pub attach: &'a [PathBuf],
     pub save_attachments: Option<&'a Path>,
+    /// Tries after the first when the service does not answer.
+    pub retries: u32,
+}
+
+/// Locate a provider and connect to it, with no retries of its own.
+fn connect(ctx: &Context, t: &Target) -> Result<(ServiceInfo, Component), Failure> {
+    let info = ctx.nameserver().locate(t.interface, t.service)?;
+    let mut component = ctx.connect(&info.address, t.interface)?;
+    component.set_retry(RetryPolicy::never());
+    Ok((info, component))
 }
 
 pub fn call(cli: &Cli, ctx: &Context, t: Target) -> Result<(), Failure> {
@@ -29,11 +44,32 @@ pub fn call(cli: &Cli, ctx: &Context, t: Target) -> Result<(), Failure> {
         .map(Binary::from_path)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let mut component = match t.service {
-        Some(service) => ctx.locate_service(t.interface, service)?,
-        None => ctx.locate(t.interface)?,
+    let tries = t.retries.saturating_add(1);
+    let (mut info, mut component) = connect(ctx, &t)?;
+    let mut attempt = 1;
+    let out = loop {
+        match component.call(t.method, &args, &attachments) {
+            Ok(out) => break out,
+            Err(e) if e.is_unreachable() => {
+                let why = unanswered(&e);
+                if attempt >= tries {
+                    return Err(Failure::NoService {
+                        address: info.address,
+                        interface: t.interface.to_string(),
+                        service: info.service,
+                        why,
+                    });
+                }
+                attempt += 1;
+                output::note(format_args!(
+                    "pycomctl: {} at {}: {why}; retrying (try {attempt} of {tries})",
+                    info.service, info.address
+                ));
+                (info, component) = connect(ctx, &t)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
-    let out = component.call(t.method, args, &attachments)?;
     let mut saved = Vec::new();
     if let Some(dir) = t.save_attachments {
         std::fs::create_dir_all(dir)
@@ -46,21 +82,21 @@ pub fn call(cli: &Cli, ctx: &Context, t: Target) -> Result<(), Failure> {
             saved.push(path);
         }
     }
-    if cli.json {
-        output::json(&out.result);
+    if cli.json() {
+        output::json(&out.result)?;
     } else {
         match &out.result {
-            Value::String(s) => println!("{s}"),
-            other => output::json(other),
+            Value::String(s) => output::line(s)?,
+            other => output::json(other)?,
         }
         if !out.attachments.is_empty() && t.save_attachments.is_none() {
-            eprintln!(
+            output::note(format_args!(
                 "pycomctl: the reply has {} attachment(s); use --save-attachments DIR to keep them",
                 out.attachments.len()
-            );
+            ));
         }
         for path in saved {
-            eprintln!("saved {}", path.display());
+            output::note(format_args!("saved {}", path.display()));
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod call;
 mod registry;
 
+use crate::endpoint::{self, Probe};
 use crate::{Cli, Command};
 use pycom_client::{Context, NameserverClient, NameserverHandle};
 use std::time::Duration;
@@ -10,17 +11,34 @@ use std::time::Duration;
 /// Why a command failed; decides the exit code.
 #[derive(Debug)]
 pub enum Failure {
+    /// The remote side answered with an error.
     Client(pycom_client::Error),
     Usage(String),
+    /// No nameserver answered.
+    NoNameserver {
+        endpoints: Vec<String>,
+        why: String,
+    },
+    /// The called service did not answer.
+    NoService {
+        address: String,
+        interface: String,
+        service: String,
+        why: String,
+    },
+    /// stdout could not be written (a closed pipe ends pycomctl quietly).
+    Output(std::io::Error),
 }
 
 impl Failure {
-    /// 1 for a remote error, 2 for bad usage, 3 when nothing answered.
+    /// 1 remote error (or unwritable output), 2 bad usage, 3 no
+    /// nameserver answered, 4 the called service did not answer.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::Client(e) if e.is_unreachable() => 3,
-            Failure::Client(_) => 1,
+            Failure::Client(_) | Failure::Output(_) => 1,
             Failure::Usage(_) => 2,
+            Failure::NoNameserver { .. } => 3,
+            Failure::NoService { .. } => 4,
         }
     }
 }
@@ -30,6 +48,21 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Client(e) => write!(f, "{e}"),
             Failure::Usage(m) => write!(f, "{m}"),
+            Failure::NoNameserver { endpoints, why } => write!(
+                f,
+                "no answer from {}: is pycomd running? ({why})",
+                endpoints.join(", ")
+            ),
+            Failure::NoService {
+                address,
+                interface,
+                service,
+                why,
+            } => write!(
+                f,
+                "no answer from {address} ({interface} of {service}): {why}; the call may have run there all the same"
+            ),
+            Failure::Output(e) => write!(f, "cannot write the output: {e}"),
         }
     }
 }
@@ -40,9 +73,61 @@ impl From<pycom_client::Error> for Failure {
     }
 }
 
-pub fn run(cli: &Cli) -> Result<(), Failure> {
-    let ctx = Context::new(&cli.nameserver)?;
-    ctx.set_default_timeout(Duration::from_millis(cli.timeout));
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Output(e)
+    }
+}
+
+/// What a transport failure amounts to, in a few words.
+pub fn unanswered(e: &pycom_client::Error) -> String {
+    match e {
+        pycom_client::Error::Timeout { timeout_ms, .. } => format!("no reply within {timeout_ms} ms"),
+        pycom_client::Error::Transport { source, .. } => format!("no reply: {source}"),
+        other => other.to_string(),
+    }
+}
+
+/// Run the command; `nameserver_from` names where `--nameserver` came
+/// from (the flag or `PYCOM_NAMESERVER`), for the usage errors.
+pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
+    let endpoints = endpoint::parse_list(&cli.nameserver)
+        .map_err(|why| Failure::Usage(format!("{nameserver_from} {why}")))?;
+    let timeout = Duration::from_millis(cli.timeout);
+    // A plain connect first: where nothing listens, say so now rather than
+    // after the timeout, and fail over past it without waiting.
+    let probes = endpoint::probe_all(&endpoints, timeout);
+    let (mut order, mut dead) = (Vec::new(), Vec::new());
+    for (e, probe) in endpoints.iter().zip(&probes) {
+        match probe {
+            Probe::Open => order.push(e.clone()),
+            Probe::Dead(why) => dead.push((e.clone(), why.clone())),
+        }
+    }
+    if order.is_empty() {
+        let why = if dead.iter().all(|(_, why)| *why == dead[0].1) {
+            format!("no reply: {}", dead[0].1)
+        } else {
+            let each: Vec<String> = dead.iter().map(|(e, why)| format!("{e}: {why}")).collect();
+            format!("no reply: {}", each.join("; "))
+        };
+        return Err(Failure::NoNameserver { endpoints, why });
+    }
+    order.extend(dead.into_iter().map(|(e, _)| e));
+    let ctx = Context::with_nameservers(order)?;
+    ctx.set_default_timeout(timeout);
+    dispatch(cli, &ctx).map_err(|f| match f {
+        // Every call but the one to a service (call.rs maps that one)
+        // goes to the nameserver.
+        Failure::Client(e) if e.is_unreachable() => Failure::NoNameserver {
+            endpoints,
+            why: unanswered(&e),
+        },
+        other => other,
+    })
+}
+
+fn dispatch(cli: &Cli, ctx: &Context) -> Result<(), Failure> {
     let mut ns = ctx.nameserver();
     match &cli.command {
         Command::Stat => registry::stat(cli, &mut ns),
@@ -59,7 +144,19 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             address,
             interfaces,
             ttl,
-        } => registry::register(cli, &mut ns, service, address, interfaces, *ttl),
+            metadata,
+        } => registry::register(
+            cli,
+            &mut ns,
+            registry::NewRecord {
+                service,
+                address,
+                interfaces,
+                ttl_ms: *ttl,
+                metadata,
+            },
+        ),
+        Command::Renew { service, address } => registry::renew(cli, &mut ns, service, address),
         Command::Unregister { service, address } => registry::unregister(cli, &mut ns, service, address),
         Command::Call {
             interface,
@@ -68,9 +165,10 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             service,
             attach,
             save_attachments,
+            retry,
         } => call::call(
             cli,
-            &ctx,
+            ctx,
             call::Target {
                 interface,
                 method,
@@ -78,6 +176,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
                 service: service.as_deref(),
                 attach,
                 save_attachments: save_attachments.as_deref(),
+                retries: *retry,
             },
         ),
     }

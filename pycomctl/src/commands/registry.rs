@@ -1,4 +1,4 @@
-//! stat, list-services, locate, register, unregister.
+//! stat, list-services, locate, register, renew, unregister.
 
 use super::Failure;
 use super::Nameserver;
@@ -6,18 +6,19 @@ use crate::output;
 use crate::Cli;
 use pycom_client::{Registration, ServiceInfo};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 pub fn stat(cli: &Cli, ns: &mut Nameserver) -> Result<(), Failure> {
     let stat = ns.stat()?;
-    if cli.json {
-        output::json(&stat);
+    if cli.json() {
+        output::json(&stat)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = match &stat {
         Value::Object(map) => map.iter().map(|(k, v)| vec![k.clone(), plain(v)]).collect(),
         other => vec![vec!["result".into(), plain(other)]],
     };
-    output::table(&["FIELD", "VALUE"], &rows);
+    output::table(&["FIELD", "VALUE"], &rows)?;
     Ok(())
 }
 
@@ -28,7 +29,7 @@ pub fn list_services(
     service: Option<&str>,
 ) -> Result<(), Failure> {
     let services = ns.list_services(interface, service)?;
-    print_services(cli, &services);
+    print_services(cli, &services)?;
     Ok(())
 }
 
@@ -44,35 +45,64 @@ pub fn locate(
     } else {
         vec![ns.locate(interface, service)?]
     };
-    if cli.json && !all {
-        output::json(&json!(services[0]));
+    if cli.json() && !all {
+        output::json(&json!(services[0]))?;
     } else {
-        print_services(cli, &services);
+        print_services(cli, &services)?;
     }
     Ok(())
 }
 
-pub fn register(
-    cli: &Cli,
-    ns: &mut Nameserver,
-    service: &str,
-    address: &str,
-    interfaces: &[String],
-    ttl_ms: Option<u64>,
-) -> Result<(), Failure> {
+/// What `register` asks for.
+pub struct NewRecord<'a> {
+    pub service: &'a str,
+    pub address: &'a str,
+    pub interfaces: &'a [String],
+    pub ttl_ms: Option<u64>,
+    pub metadata: &'a [(String, String)],
+}
+
+pub fn register(cli: &Cli, ns: &mut Nameserver, r: NewRecord) -> Result<(), Failure> {
+    let mut metadata = BTreeMap::new();
+    for (key, value) in r.metadata {
+        if metadata.insert(key.clone(), value.clone()).is_some() {
+            return Err(Failure::Usage(format!("--metadata {key} is given twice")));
+        }
+    }
+    let (service, address) = (r.service, r.address);
     let lease = ns.register(&Registration {
         service: service.to_string(),
         address: address.to_string(),
-        interfaces: interfaces.to_vec(),
-        ttl_ms,
-        metadata: Default::default(),
+        interfaces: r.interfaces.to_vec(),
+        ttl_ms: r.ttl_ms,
+        metadata,
     })?;
-    if cli.json {
-        output::json(&json!({"service": service, "lease_ms": lease}));
+    if cli.json() {
+        output::json(&json!({"service": service, "lease_ms": lease}))?;
     } else {
         match lease {
-            Some(ms) => println!("registered {service} at {address} with a lease of {ms} ms"),
-            None => println!("registered {service} at {address} (probed: no lease)"),
+            Some(ms) => output::line(format_args!(
+                "registered {service} at {address} with a lease of {ms} ms"
+            ))?,
+            None => output::line(format_args!(
+                "registered {service} at {address} (probed: no lease)"
+            ))?,
+        }
+    }
+    Ok(())
+}
+
+pub fn renew(cli: &Cli, ns: &mut Nameserver, service: &str, address: &str) -> Result<(), Failure> {
+    let answer = ns.renew(service, address)?;
+    let lease = answer.get("lease_ms").and_then(Value::as_u64);
+    if cli.json() {
+        output::json(&json!({"service": service, "renewed": true, "lease_ms": lease}))?;
+    } else {
+        match lease {
+            Some(ms) => output::line(format_args!("renewed {service}: a lease of {ms} ms from now"))?,
+            None => output::line(format_args!(
+                "renewed {service}: it is probed, so it has no lease to extend"
+            ))?,
         }
     }
     Ok(())
@@ -80,18 +110,17 @@ pub fn register(
 
 pub fn unregister(cli: &Cli, ns: &mut Nameserver, service: &str, address: &str) -> Result<(), Failure> {
     ns.unregister(service, address)?;
-    if cli.json {
-        output::json(&json!({"service": service, "unregistered": true}));
+    if cli.json() {
+        output::json(&json!({"service": service, "unregistered": true}))?;
     } else {
-        println!("unregistered {service}");
+        output::line(format_args!("unregistered {service}"))?;
     }
     Ok(())
 }
 
-fn print_services(cli: &Cli, services: &[ServiceInfo]) {
-    if cli.json {
-        output::json(&json!(services));
-        return;
+fn print_services(cli: &Cli, services: &[ServiceInfo]) -> std::io::Result<()> {
+    if cli.json() {
+        return output::json(&json!(services));
     }
     let rows: Vec<Vec<String>> = services
         .iter()
@@ -105,7 +134,7 @@ fn print_services(cli: &Cli, services: &[ServiceInfo]) {
             ]
         })
         .collect();
-    output::table(&["SERVICE", "ADDRESS", "INTERFACES", "METADATA"], &rows);
+    output::table(&["SERVICE", "ADDRESS", "INTERFACES", "METADATA"], &rows)
 }
 
 fn plain(v: &Value) -> String {
