@@ -137,6 +137,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         outbox: Default::default(),
         drops_logged: None,
         replies: Default::default(),
+        applied: last,
     };
     server.probe_all();
 

@@ -6,7 +6,7 @@
 //! A bell that cannot be rung because the server already has many pending
 //! is not needed: the server empties the channel whenever it wakes.
 
-use crate::log::{Committed, Proposal};
+use crate::log::{Committed, LogId, Proposal};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 const BELL_ENDPOINT: &str = "inproc://pycomd-mailbox";
@@ -20,6 +20,11 @@ pub enum Event {
     NotDurable {
         proposals: Vec<Proposal>,
         error: String,
+    },
+    /// The log has grown enough since the last snapshot: once the state
+    /// includes `upto`, hand the log a snapshot of it.
+    SnapshotDue {
+        upto: LogId,
     },
     /// The log wrote everything it was given and stopped.
     LogStopped {

@@ -17,7 +17,8 @@
 
 use crate::config::{Overrides, Settings};
 use crate::leases::Leases;
-use crate::log::{Committed, Log, Proposal, Refused, ReplyTo};
+use crate::log::snapshot::Snapshot;
+use crate::log::{Committed, Log, LogId, Proposal, Refused, ReplyTo};
 use crate::logging::LogControl;
 use crate::mailbox::{Event, Mailbox, Signal};
 use crate::nameserver::{self, Context, Plan, Stats};
@@ -60,6 +61,8 @@ pub struct Server {
     pub drops_logged: Option<Instant>,
     /// Big replies: the last one, and the bytes not yet taken by peers.
     pub replies: nameserver::Replies,
+    /// The newest log entry the registry includes.
+    pub applied: LogId,
 }
 
 /// How the server stopped.
@@ -316,6 +319,19 @@ impl Server {
                     debug!(%service, %address, "probes unanswered");
                     self.propose(Command::ProbeFailed { service, revision }, None);
                 }
+                Event::SnapshotDue { upto } => {
+                    // Events come in the order posted: the entries up to
+                    // `upto` were committed, and so applied, before this.
+                    if self.applied >= upto {
+                        let taking = Instant::now();
+                        let snapshot = Snapshot::of(self.registry.state(), self.applied);
+                        debug!(
+                            ms = taking.elapsed().as_millis() as u64,
+                            "state taken for a snapshot"
+                        );
+                        self.log.snapshot(snapshot);
+                    }
+                }
                 Event::Signal(Signal::Reload) => self.reload(),
                 Event::Signal(Signal::Stop(name)) => {
                     if matches!(flow, Flow::Serve) {
@@ -339,6 +355,7 @@ impl Server {
             reply,
         } = entry;
         let (result, changes) = self.registry.apply(&command);
+        self.applied = log_id;
         let now = Instant::now();
         for change in &changes {
             let record = &change.record;

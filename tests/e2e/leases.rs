@@ -33,7 +33,9 @@ fn a_lease_expires_promptly_after_its_deadline() {
         Some(Code::ServiceNotFound)
     );
     // Hidden at the deadline; removed (and logged) once its expiry is durable.
-    assert!(wait_until(Duration::from_secs(5), || d.log().contains("lease expired")));
+    assert!(wait_until(Duration::from_secs(5), || d
+        .log()
+        .contains("lease expired")));
 }
 
 #[test]

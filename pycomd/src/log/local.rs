@@ -11,20 +11,19 @@
 //! hears in log order.
 //!
 //! Snapshots: once the log has grown by `snapshot_log_bytes` (or by the
-//! size of the last snapshot, if larger) since the last one, the compactor
-//! rebuilds the state from the newest snapshot and the log up to the last
-//! durable entry (so the server is never paused for it), writes it, keeps
-//! the newest two, and the writer removes the log segments before the
-//! older one.
+//! size of the last snapshot, if larger) since the last one, the writer
+//! tells the server (`SnapshotDue`), which hands back the state as of that
+//! entry, its records shared, not copied (a few milliseconds for a million);
+//! the compactor thread writes it, keeps the newest two, and the writer
+//! removes the log segments before the older one.
 
-use super::recovery::{self, LogFiles};
-use super::snapshot::{self, SnapshotData};
+use super::recovery::LogFiles;
+use super::snapshot::{self, Snapshot};
 use super::wal::{self, local_id};
-use super::{Committed, Entry, Log, LogId, LogStats, Payload, Proposal, Refused};
+use super::{Committed, Entry, Log, LogStats, Payload, Proposal, Refused};
 use crate::mailbox::{Event, Poster};
-use crate::registry::State;
 use pycom_client::proto::Fault;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -66,6 +65,8 @@ enum Job {
 pub struct LocalLog {
     /// The data dir's lock, held as long as the log is open.
     _lock: std::fs::File,
+    /// Snapshots to write, to the compactor thread.
+    compact: mpsc::Sender<Snapshot>,
     jobs: Option<SyncSender<Job>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
@@ -78,7 +79,7 @@ impl LocalLog {
         let counters = Arc::new(Counters::default());
         counters.last_index.store(opened.last.index, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
-        let (compact_tx, compact_rx) = mpsc::channel::<LogId>();
+        let (compact_tx, compact_rx) = mpsc::channel::<Snapshot>();
         let snapshot_bytes = opened
             .snapshots
             .last()
@@ -101,7 +102,6 @@ impl LocalLog {
             wal: opened.writer,
             counters: counters.clone(),
             poster,
-            compact: compact_tx,
             since_snapshot: 0,
             snapshot_log_bytes: settings.snapshot_log_bytes,
             last_snapshot_size: last_size,
@@ -113,6 +113,7 @@ impl LocalLog {
             .map_err(|e| format!("cannot start the log thread: {e}"))?;
         Ok(LocalLog {
             _lock: opened.lock,
+            compact: compact_tx,
             jobs: Some(tx),
             counters,
             writer: Some(handle),
@@ -148,6 +149,11 @@ impl Log for LocalLog {
         }
     }
 
+    fn snapshot(&mut self, snapshot: Snapshot) {
+        // The compactor only stops with the process.
+        let _ = self.compact.send(snapshot);
+    }
+
     fn close(&mut self) {
         if let Some(jobs) = self.jobs.take() {
             // Blocks only while the queue is full, and the writer is
@@ -176,7 +182,6 @@ struct Writer {
     wal: wal::Writer,
     counters: Arc<Counters>,
     poster: Poster,
-    compact: mpsc::Sender<LogId>,
     since_snapshot: u64,
     snapshot_log_bytes: u64,
     last_snapshot_size: Arc<AtomicU64>,
@@ -255,7 +260,9 @@ impl Writer {
                     .max(self.last_snapshot_size.load(Ordering::Relaxed));
                 if self.since_snapshot >= threshold {
                     self.since_snapshot = 0;
-                    let _ = self.compact.send(local_id(first + n - 1));
+                    self.poster.post(Event::SnapshotDue {
+                        upto: local_id(first + n - 1),
+                    });
                 }
                 true
             }
@@ -283,46 +290,31 @@ struct Compactor {
 }
 
 impl Compactor {
-    fn run(mut self, rx: Receiver<LogId>) {
-        while let Ok(mut upto) = rx.recv() {
-            // Only the newest request matters.
+    fn run(mut self, rx: Receiver<Snapshot>) {
+        while let Ok(mut snapshot) = rx.recv() {
+            // Only the newest matters.
             while let Ok(later) = rx.try_recv() {
-                upto = later;
+                snapshot = later;
             }
-            if let Err(e) = self.snapshot(upto) {
+            if let Err(e) = self.write(snapshot) {
                 warn!("cannot write a snapshot (the log keeps growing until one succeeds): {e}");
             }
         }
     }
 
-    fn snapshot(&mut self, upto: LogId) -> Result<(), String> {
+    fn write(&mut self, snapshot: Snapshot) -> Result<(), String> {
         let started = std::time::Instant::now();
-        let (mut state, mut last) = match self.snapshots.last() {
-            Some((_, path)) => snapshot::read(path)
-                .map_err(|e| format!("{} {e}", path.display()))?
-                .into_state(),
-            None => (State::default(), LogId::default()),
-        };
-        replay(
-            &recovery::log_dir(&self.data_dir),
-            &mut state,
-            &mut last,
-            upto.index,
-        )?;
-        if last.index != upto.index {
-            return Err(format!(
-                "the log ends at entry {} before {}",
-                last.index, upto.index
-            ));
-        }
-        let (path, size) = snapshot::write(&self.data_dir, &SnapshotData::of(&state, last), self.sync)
+        let last = snapshot.last;
+        let (path, size) = snapshot::write(&self.data_dir, &snapshot, self.sync)
             .map_err(|e| format!("writing the snapshot at entry {}: {e}", last.index))?;
+        let records = snapshot.records.len();
+        drop(snapshot);
         self.snapshots.push((last.index, path));
         self.last_size.store(size, Ordering::Relaxed);
         self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         info!(
             index = last.index,
-            records = state.len(),
+            records,
             bytes = size,
             ms = started.elapsed().as_millis() as u64,
             "snapshot written"
@@ -338,30 +330,4 @@ impl Compactor {
         let _ = self.jobs.send(Job::Purge { index: keep_from });
         Ok(())
     }
-}
-
-/// Apply the log's entries after `last` up to `upto` to `state`.
-fn replay(log_dir: &Path, state: &mut State, last: &mut LogId, upto: u64) -> Result<(), String> {
-    let segments = wal::list(log_dir).map_err(|e| format!("cannot list {}: {e}", log_dir.display()))?;
-    for (i, (first, path)) in segments.iter().enumerate() {
-        let next_first = segments.get(i + 1).map(|(f, _)| *f);
-        if next_first.is_some_and(|n| n <= last.index + 1) || *first > upto {
-            continue;
-        }
-        let scan = wal::scan_from(path, *first, last.index + 1)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        for entry in scan.entries {
-            if entry.log_id.index <= last.index {
-                continue;
-            }
-            if entry.log_id.index > upto {
-                return Ok(());
-            }
-            if let Payload::Command(command) = &entry.payload {
-                let _ = state.apply(command);
-            }
-            *last = entry.log_id;
-        }
-    }
-    Ok(())
 }

@@ -90,6 +90,10 @@ pub trait Log {
     /// log reports `LogStopped` through the mailbox.
     fn close(&mut self);
 
+    /// Keep this snapshot of the state (asked for with `SnapshotDue`), so
+    /// that the log before it can go.
+    fn snapshot(&mut self, snapshot: snapshot::Snapshot);
+
     /// Counters for `stat`.
     fn stats(&self) -> LogStats;
 }

@@ -10,7 +10,7 @@
 //! cuts the log before the damaged frame, and says how many acknowledged
 //! changes that dropped.
 
-use super::snapshot::{self, SnapshotData};
+use super::snapshot;
 use super::wal::{self, Tail};
 use super::{LogId, Payload};
 use crate::registry::State;
@@ -340,5 +340,5 @@ pub fn write_snapshot(
     last: LogId,
     sync: bool,
 ) -> std::io::Result<(PathBuf, u64)> {
-    snapshot::write(data_dir, &SnapshotData::of(state, last), sync)
+    snapshot::write(data_dir, &snapshot::Snapshot::of(state, last), sync)
 }

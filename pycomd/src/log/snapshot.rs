@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 8] = b"PYCSNAP1";
 const HEADER: usize = 8 + 8 + 4;
@@ -27,15 +28,34 @@ pub struct SnapshotData {
     pub records: Vec<Record>,
 }
 
-impl SnapshotData {
-    pub fn of(state: &State, last: LogId) -> SnapshotData {
-        SnapshotData {
+/// The state as of one entry, taken by the server in a blink: the records
+/// are shared (`Arc`), not copied, and written out on another thread.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub last: LogId,
+    pub revision: u64,
+    pub records: Vec<Arc<Record>>,
+}
+
+impl Snapshot {
+    pub fn of(state: &State, last: LogId) -> Snapshot {
+        Snapshot {
             last,
             revision: state.revision(),
-            records: state.records().cloned().collect(),
+            records: state.shared().cloned().collect(),
         }
     }
+}
 
+/// [`Snapshot`] as written: the same fields as [`SnapshotData`].
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    last: LogId,
+    revision: u64,
+    records: &'a [Arc<Record>],
+}
+
+impl SnapshotData {
     pub fn into_state(self) -> (State, LogId) {
         (State::from_parts(self.revision, self.records), self.last)
     }
@@ -50,10 +70,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     super::wal::files_by_index(dir, "snapshot-", ".snap")
 }
 
-/// Write `data` durably; returns its path and size in bytes.
-pub fn write(dir: &Path, data: &SnapshotData, sync: bool) -> io::Result<(PathBuf, u64)> {
-    let payload = serde_json::to_vec(data).map_err(io::Error::other)?;
-    let target = path(dir, data.last.index);
+/// Write `snapshot` durably; returns its path and size in bytes.
+pub fn write(dir: &Path, snapshot: &Snapshot, sync: bool) -> io::Result<(PathBuf, u64)> {
+    let data = SnapshotRef {
+        last: snapshot.last,
+        revision: snapshot.revision,
+        records: &snapshot.records,
+    };
+    let payload = serde_json::to_vec(&data).map_err(io::Error::other)?;
+    let target = path(dir, snapshot.last.index);
     let tmp = target.with_extension("snap.tmp");
     let mut file = File::create(&tmp)?;
     file.write_all(MAGIC)?;
