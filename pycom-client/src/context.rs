@@ -172,6 +172,17 @@ pub struct NameserverHandle {
 
 impl Invoker for NameserverHandle {
     fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
+        self.invoke_response(interface, method, args)?
+            .result
+            .map_err(Error::from)
+    }
+
+    fn invoke_response(
+        &mut self,
+        interface: &str,
+        method: &str,
+        args: Value,
+    ) -> Result<crate::proto::Response> {
         let inner = &self.ctx.inner;
         let n = inner.nameservers.len();
         let first = inner.preferred.load(Ordering::Relaxed) % n;
@@ -179,7 +190,8 @@ impl Invoker for NameserverHandle {
         for k in 0..n {
             let index = (first + k) % n;
             let mut conn = self.ctx.take_connection(index)?;
-            match conn.invoke(interface, method, args.clone()) {
+            let request = crate::proto::Request::new(interface, method, args.clone());
+            match conn.call(&request, &[]).map(|reply| reply.response) {
                 Err(e) if e.is_unreachable() => {
                     tracing::debug!(nameserver = %inner.nameservers[index], "nameserver unreachable: {e}");
                     last_error = Some(e);

@@ -135,7 +135,8 @@ impl<I: Invoker> NameserverClient<I> {
     }
 
     /// Records whose service and one of whose interfaces match the
-    /// (start-anchored) regular expressions.
+    /// (start-anchored) regular expressions, in one reply (bounded by
+    /// pycomd's `max_reply_bytes`; see [`list_all`](NameserverClient::list_all)).
     pub fn list_services(
         &mut self,
         interface: Option<&str>,
@@ -157,7 +158,20 @@ pub struct Page {
     pub revision: Option<u64>,
 }
 
-impl NameserverClient<Connection> {
+impl<I: Invoker> NameserverClient<I> {
+    /// Every matching record, page by page (pages of 10,000), however many.
+    pub fn list_all(&mut self, interface: Option<&str>, service: Option<&str>) -> Result<Vec<ServiceInfo>> {
+        let (mut all, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = self.list_page(interface, service, 10_000, after.as_deref())?;
+            all.extend(page.services);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// One page of [`list_services`](NameserverClient::list_services): at
     /// most `limit` records after the service `after`.
     pub fn list_page(
@@ -174,15 +188,12 @@ impl NameserverClient<Connection> {
                 args.insert(name.into(), value.into());
             }
         }
-        let request = crate::proto::Request::new(INTERFACE, "list_services", Value::Object(args));
-        let reply = self.api.0.call(&request, &[])?;
-        let position = reply
-            .response
-            .extensions
-            .get(INTERFACE)
-            .cloned()
-            .unwrap_or_default();
-        let services = crate::proxy::from_value("list_services", reply.response.result?)?;
+        let response = self
+            .api
+            .0
+            .invoke_response(INTERFACE, "list_services", Value::Object(args))?;
+        let position = response.extensions.get(INTERFACE).cloned().unwrap_or_default();
+        let services = crate::proxy::from_value("list_services", response.result?)?;
         Ok(Page {
             services,
             next: position.get("next").and_then(Value::as_str).map(String::from),

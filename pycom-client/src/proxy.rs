@@ -53,6 +53,7 @@
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::proto::{Request, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -77,17 +78,37 @@ pub struct MethodSpec {
 pub trait Invoker {
     /// Call `interface.method(args)` and return its result or error.
     fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value>;
+
+    /// Call `interface.method(args)` and return the whole response (the
+    /// result or fault, and the extensions). Invokers that only know the
+    /// result answer with no extensions.
+    fn invoke_response(&mut self, interface: &str, method: &str, args: Value) -> Result<Response> {
+        let result = self.invoke_value(interface, method, args)?;
+        Ok(Response {
+            result: Ok(result),
+            session_id: None,
+            extensions: Default::default(),
+        })
+    }
 }
 
 impl Invoker for Connection {
     fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
         self.invoke(interface, method, args)
     }
+
+    fn invoke_response(&mut self, interface: &str, method: &str, args: Value) -> Result<Response> {
+        Ok(self.call(&Request::new(interface, method, args), &[])?.response)
+    }
 }
 
 impl<T: Invoker + ?Sized> Invoker for &mut T {
     fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
         (**self).invoke_value(interface, method, args)
+    }
+
+    fn invoke_response(&mut self, interface: &str, method: &str, args: Value) -> Result<Response> {
+        (**self).invoke_response(interface, method, args)
     }
 }
 

@@ -264,3 +264,16 @@ fn records_and_the_registry_are_bounded_in_bytes() {
     again.metadata.insert("zone".into(), "x".repeat(50));
     ns.register(&again).expect("room again after an unregister");
 }
+
+#[test]
+fn pycomctl_lists_past_max_reply_bytes_page_by_page() {
+    let d = Daemon::with(&[("PYCOMD_MAX_REPLY_BYTES", "65536")], &[]);
+    fill(&d, 2_000);
+    let out = std::process::Command::new(pycom_e2e::bin("pycomctl"))
+        .args(["--nameserver", &d.endpoint, "--output", "json", "list-services"])
+        .output()
+        .expect("run pycomctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON list");
+    assert_eq!(listed.len(), 2_001);
+}

@@ -28,7 +28,8 @@ pub fn list_services(
     interface: Option<&str>,
     service: Option<&str>,
 ) -> Result<(), Failure> {
-    let services = ns.list_services(interface, service)?;
+    // Page by page: a whole list is bounded by pycomd's max_reply_bytes.
+    let services = ns.list_all(interface, service)?;
     print_services(cli, &services)?;
     Ok(())
 }
