@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod leases;
+pub mod limits;
 pub mod log;
 pub mod logging;
 pub mod mailbox;
@@ -58,6 +59,7 @@ pub enum Failure {
 
 /// Run pycomd until SIGTERM or SIGINT.
 pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
+    limits::raise_nofile();
     let started = Instant::now();
     let sync = !settings.unsafe_no_fsync;
     if !sync {
