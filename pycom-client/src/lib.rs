@@ -52,7 +52,7 @@ pub use connection::{Connection, Reply, DEFAULT_TIMEOUT};
 pub use context::{Context, NameserverHandle};
 pub use error::{Error, Result};
 pub use locate::Locator;
-pub use nameserver::{NameserverClient, Page, Registration, ServiceInfo};
+pub use nameserver::{NameserverClient, Page, RecordState, Registration, ServiceInfo};
 pub use proto::{Code, Fault};
 #[doc(hidden)]
 pub use serde_json;

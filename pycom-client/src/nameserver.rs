@@ -29,6 +29,22 @@ pub struct ServiceInfo {
     #[serde(default)]
     /// Tags given at registration (version, zone...).
     pub metadata: BTreeMap<String, String>,
+    /// How pycomd keeps the record alive, when asked for (`long`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RecordState>,
+}
+
+/// How pycomd keeps a record alive (`list_services` with `long`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordState {
+    /// The registry revision of the record's last change.
+    pub revision: u64,
+    /// `lease` (the owner renews) or `probes` (pycomd calls it).
+    pub kept_by: String,
+    /// The lease's length, for leased records.
+    pub ttl_ms: Option<u64>,
+    /// What is left of the lease, for leased records.
+    pub lease_left_ms: Option<u64>,
 }
 
 // The one list of the nameserver's methods: the typed client below,
@@ -52,7 +68,7 @@ crate::interface! {
         /// Records whose service and one interface match start-anchored regular expressions,
         /// in service order. With limit or after, one page: extensions["org.pycom.nameserver"].next
         /// is the after of the next page (null at the end). A whole list is bounded by max_reply_bytes.
-        fn list_services(; interface: String, service: String, limit: u64, after: String) -> Vec<ServiceInfo>;
+        fn list_services(; interface: String, service: String, limit: u64, after: String, long: bool) -> Vec<ServiceInfo>;
     }
 }
 
@@ -142,8 +158,13 @@ impl<I: Invoker> NameserverClient<I> {
         interface: Option<&str>,
         service: Option<&str>,
     ) -> Result<Vec<ServiceInfo>> {
-        self.api
-            .list_services(interface.map(Into::into), service.map(Into::into), None, None)
+        self.api.list_services(
+            interface.map(Into::into),
+            service.map(Into::into),
+            None,
+            None,
+            None,
+        )
     }
 }
 
@@ -159,11 +180,17 @@ pub struct Page {
 }
 
 impl<I: Invoker> NameserverClient<I> {
-    /// Every matching record, page by page (pages of 10,000), however many.
-    pub fn list_all(&mut self, interface: Option<&str>, service: Option<&str>) -> Result<Vec<ServiceInfo>> {
+    /// Every matching record, page by page (pages of 10,000), however many;
+    /// with `long`, each with its [`RecordState`].
+    pub fn list_all(
+        &mut self,
+        interface: Option<&str>,
+        service: Option<&str>,
+        long: bool,
+    ) -> Result<Vec<ServiceInfo>> {
         let (mut all, mut after) = (Vec::new(), None::<String>);
         loop {
-            let page = self.list_page(interface, service, 10_000, after.as_deref())?;
+            let page = self.page(interface, service, 10_000, after.as_deref(), long)?;
             all.extend(page.services);
             match page.next {
                 Some(next) => after = Some(next),
@@ -181,8 +208,22 @@ impl<I: Invoker> NameserverClient<I> {
         limit: u64,
         after: Option<&str>,
     ) -> Result<Page> {
+        self.page(interface, service, limit, after, false)
+    }
+
+    fn page(
+        &mut self,
+        interface: Option<&str>,
+        service: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+        long: bool,
+    ) -> Result<Page> {
         let mut args = serde_json::Map::new();
         args.insert("limit".into(), limit.into());
+        if long {
+            args.insert("long".into(), true.into());
+        }
         for (name, value) in [("interface", interface), ("service", service), ("after", after)] {
             if let Some(value) = value {
                 args.insert(name.into(), value.into());

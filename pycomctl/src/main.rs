@@ -74,6 +74,9 @@ pub enum Command {
         /// Only services whose name matches this regex (anchored at the start)
         #[arg(long, value_name = "RE")]
         service: Option<String>,
+        /// Also how each record is kept alive: lease (and what is left of it) or probes, and its revision
+        #[arg(long)]
+        long: bool,
     },
     /// Find a live provider of an interface
     Locate {

@@ -106,6 +106,14 @@ impl Leases {
         self.leases.get(service).is_none_or(|l| l.deadline.get() > now)
     }
 
+    /// How long `service`'s lease has left (zero once run out); `None`
+    /// without a lease.
+    pub fn left(&self, service: &str, now: Instant) -> Option<Duration> {
+        self.leases
+            .get(service)
+            .map(|l| l.deadline.get().saturating_duration_since(now))
+    }
+
     /// The revision whose lease ran out, if `service`'s did.
     pub fn lapsed(&self, service: &str, now: Instant) -> Option<u64> {
         self.leases

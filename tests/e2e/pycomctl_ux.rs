@@ -286,3 +286,49 @@ fn register_with_metadata_renew_and_output_formats() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {o:?}");
     }
 }
+
+#[test]
+fn list_services_long_shows_how_each_record_is_kept() {
+    let d = Daemon::start();
+    let echo = pycom_e2e::EchoService::start();
+    let mut ns = d.ns();
+    ns.register(&pycom_e2e::leased(
+        "/long/leased",
+        "tcp://127.0.0.1:1",
+        &["long"],
+        60_000,
+    ))
+    .expect("register a leased record");
+    ns.register(&pycom_e2e::probed("/long/probed", &echo.endpoint, &["long"]))
+        .expect("register a probed record");
+    let out = ctl(
+        &d,
+        &[
+            "--output",
+            "json",
+            "list-services",
+            "--service",
+            "/long/",
+            "--long",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(listed.len(), 2);
+    let leased = &listed[0]["state"];
+    assert_eq!(leased["kept_by"], "lease");
+    assert_eq!(leased["ttl_ms"], 60_000);
+    let left = leased["lease_left_ms"].as_u64().expect("lease_left_ms");
+    assert!(left > 50_000 && left <= 60_000, "{left} ms left of 60,000");
+    assert!(leased["revision"].as_u64().is_some());
+    let probed = &listed[1]["state"];
+    assert_eq!(probed["kept_by"], "probes");
+    assert_eq!(probed["lease_left_ms"], Value::Null);
+    // The table has the columns.
+    let out = ctl(&d, &["list-services", "--long"]);
+    let table = stdout(&out);
+    assert!(
+        table.contains("KEPT BY") && table.contains("LEASE LEFT") && table.contains("probes"),
+        "{table}"
+    );
+}

@@ -131,9 +131,11 @@ fn dispatch(cli: &Cli, ctx: &Context) -> Result<(), Failure> {
     let mut ns = ctx.nameserver();
     match &cli.command {
         Command::Stat => registry::stat(cli, &mut ns),
-        Command::ListServices { interface, service } => {
-            registry::list_services(cli, &mut ns, interface.as_deref(), service.as_deref())
-        }
+        Command::ListServices {
+            interface,
+            service,
+            long,
+        } => registry::list_services(cli, &mut ns, interface.as_deref(), service.as_deref(), *long),
         Command::Locate {
             interface,
             service,

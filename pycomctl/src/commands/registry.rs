@@ -27,10 +27,15 @@ pub fn list_services(
     ns: &mut Nameserver,
     interface: Option<&str>,
     service: Option<&str>,
+    long: bool,
 ) -> Result<(), Failure> {
     // Page by page: a whole list is bounded by pycomd's max_reply_bytes.
-    let services = ns.list_all(interface, service)?;
-    print_services(cli, &services)?;
+    let services = ns.list_all(interface, service, long)?;
+    if long && !cli.json() {
+        print_long(&services)?;
+    } else {
+        print_services(cli, &services)?;
+    }
     Ok(())
 }
 
@@ -136,6 +141,44 @@ fn print_services(cli: &Cli, services: &[ServiceInfo]) -> std::io::Result<()> {
         })
         .collect();
     output::table(&["SERVICE", "ADDRESS", "INTERFACES", "METADATA"], &rows)
+}
+
+/// The table of `list-services --long`.
+fn print_long(services: &[ServiceInfo]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let state = s.state.as_ref();
+            let kept_by = state.map_or("-".to_string(), |st| st.kept_by.clone());
+            let left = match state.and_then(|st| st.lease_left_ms.zip(st.ttl_ms)) {
+                Some((left, ttl)) => format!("{:.1}s of {:.1}s", left as f64 / 1e3, ttl as f64 / 1e3),
+                None => "-".into(),
+            };
+            let revision = state.map_or("-".to_string(), |st| st.revision.to_string());
+            let meta: Vec<String> = s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                s.service.clone(),
+                s.address.clone(),
+                s.interfaces.join(","),
+                kept_by,
+                left,
+                revision,
+                meta.join(","),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SERVICE",
+            "ADDRESS",
+            "INTERFACES",
+            "KEPT BY",
+            "LEASE LEFT",
+            "REVISION",
+            "METADATA",
+        ],
+        &rows,
+    )
 }
 
 fn plain(v: &Value) -> String {

@@ -1,4 +1,4 @@
-//! `list_services {interface?, service?, limit?, after?}`: records whose
+//! `list_services {interface?, service?, limit?, after?, long?}`: records whose
 //! service and one of whose interfaces match start-anchored regular
 //! expressions (Python `re.match`), evaluated in linear time by the `regex`
 //! crate, so no pattern can make pycomd backtrack for ever.
@@ -15,7 +15,7 @@
 
 use super::args::Args;
 use super::{Context, Plan};
-use crate::registry::record::Record;
+use crate::registry::record::{Record, RecordView};
 use pycom_client::proto::{self, Fault};
 use regex::{Regex, RegexBuilder};
 use serde::Serialize;
@@ -59,6 +59,23 @@ pub fn list_services(ctx: &mut Context, args: &Args, key: &str) -> Plan {
     ctx.replies.keep(revision, key, bytes, fault)
 }
 
+/// A record with `long: true`: how it is kept alive, and its version.
+#[derive(Serialize)]
+struct Long<'a> {
+    #[serde(flatten)]
+    view: RecordView<'a>,
+    state: KeptBy,
+}
+
+#[derive(Serialize)]
+struct KeptBy {
+    revision: u64,
+    /// "lease" or "probes".
+    kept_by: &'static str,
+    ttl_ms: Option<u64>,
+    lease_left_ms: Option<u64>,
+}
+
 #[derive(Serialize)]
 struct Position<'a> {
     revision: u64,
@@ -70,6 +87,7 @@ fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
     let interface = pattern(args, "interface")?;
     let service = pattern(args, "service")?;
     let after = args.opt_str("after")?;
+    let long = args.opt_bool("long")?.unwrap_or(false);
     let limit = args.opt_u64("limit")?;
     let paged = limit.is_some() || after.is_some();
     if limit == Some(0) {
@@ -111,7 +129,30 @@ fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
             out.push(b',');
         }
         // Writing plain strings into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, &record.view());
+        let _ = if long {
+            let state = KeptBy {
+                revision: record.revision,
+                kept_by: if record.ttl_ms.is_some() {
+                    "lease"
+                } else {
+                    "probes"
+                },
+                ttl_ms: record.ttl_ms,
+                lease_left_ms: ctx
+                    .leases
+                    .left(&record.service, ctx.now)
+                    .map(|d| d.as_millis() as u64),
+            };
+            serde_json::to_writer(
+                &mut out,
+                &Long {
+                    view: record.view(),
+                    state,
+                },
+            )
+        } else {
+            serde_json::to_writer(&mut out, &record.view())
+        };
         if out.len() > budget && count > 0 {
             if !paged {
                 return Err(args.fault(format_args!(
