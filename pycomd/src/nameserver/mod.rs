@@ -107,7 +107,7 @@ pub const SHARED_REPLY_BYTES: usize = 64 * 1024;
 impl Context<'_> {
     /// Whether `service`'s lease (if it has one) has not run out.
     pub fn live(&self, service: &str) -> bool {
-        self.leases.is_live(service, self.now)
+        self.leases.is_live(service)
     }
 }
 
