@@ -11,6 +11,8 @@
 #   durable   fdatasync of the data dir's filesystem, durable register at
 #             $REGISTER_CLIENTS clients, implied group-commit factor
 #   restart   RSS, preload, stop and restart time at each of $RESTART_SIZES records
+#   bounded   locate while another client loops lists (whole, pages) among
+#             100,000 services; paging through $RESTART_SIZES records with pycomctl
 #   peers     PyCOM 0.3.2's nameserver (needs the venv tests/run.sh makes)
 #
 #   BLOCKS=durable DURATION=2 REPEAT=1 bash bench/run.sh
@@ -23,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-BLOCKS="${BLOCKS:-main durable restart peers}"
+BLOCKS="${BLOCKS:-main durable restart bounded peers}"
 REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
 RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
 PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
@@ -160,6 +162,32 @@ if block restart; then
     echo "RSS after restart: $(rss_mb "$pycomd") MB; services: $("$PYCOMCTL" --nameserver "$ns" --json stat | python3 -c 'import json, sys; print(json.load(sys.stdin)["services"])')"
     stop_pycomd
     rm -rf "$dir"
+  done
+  unset PYCOMD_MAX_RECORDS
+fi
+
+if block bounded; then
+  echo "== locate among 100,000 services while another client loops list_services"
+  export PYCOMD_MAX_RECORDS=2000000
+  start_pycomd "$work/bounded"
+  wait_ready "$ns" >/dev/null
+  header
+  bench --nameserver "$ns" --op locate --preload 100000 --clients 4 --in-flight 64
+  bench --nameserver "$ns" --op locate --preload 100000 --clients 4 --in-flight 64 --background-lists whole
+  bench --nameserver "$ns" --op locate --preload 100000 --clients 4 --in-flight 64 --background-lists pages
+  bench --nameserver "$ns" --op locate --preload 100000 --background-lists pages
+  stop_pycomd
+  for size in $RESTART_SIZES; do
+    label=$(thousands "$size")
+    export PYCOMD_MAX_RECORDS=$(( size + 1000 ))
+    start_pycomd "$work/pages-$size"
+    wait_ready "$ns" >/dev/null
+    "$bin/pycom-bench" --quiet --nameserver "$ns" --preload-only --preload "$size" >/dev/null
+    start=$(date +%s%N)
+    n=$("$PYCOMCTL" --nameserver "$ns" --timeout 30000 --output json list-services | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))')
+    end=$(date +%s%N)
+    echo "paged through $label records ($n listed, pages of 10,000) in $(( (end - start) / 1000000 )) ms with pycomctl list-services"
+    stop_pycomd
   done
   unset PYCOMD_MAX_RECORDS
 fi

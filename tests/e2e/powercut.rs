@@ -14,10 +14,10 @@
 //! fail.
 
 use pycom_client::{Connection, NameserverClient};
+use pycom_e2e::mounts::{make_ext4, prerequisites, skip, Mount};
 use pycom_e2e::{leased, wait_until, Daemon};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -103,8 +103,8 @@ struct Acked {
 /// The whole procedure; `None` when a prerequisite is missing (and the
 /// test is skipped).
 fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
-    if let Err(missing) = prerequisites() {
-        skip(&missing);
+    if let Err(missing) = prerequisites(&[("mkfs.ext4", "-V")], true) {
+        skip("power-cut test", &missing);
         return None;
     }
 
@@ -112,11 +112,11 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
     let dir = tempfile::tempdir().expect("a temp dir for the disk images");
     let image = dir.path().join("disk.img");
     let copy = dir.path().join("disk-after-power-cut.img");
-    make_ext4(&image);
-    let mut mount = match LoopMount::new(&image, &dir.path().join("mnt")) {
+    make_ext4(&image, IMAGE_BYTES);
+    let mut mount = match Mount::ext4_image(&image, &dir.path().join("mnt")) {
         Ok(m) => m,
         Err(e) => {
-            skip(&format!("a loop-mounted ext4 image: {e}"));
+            skip("power-cut test", &format!("a loop-mounted ext4 image: {e}"));
             return None;
         }
     };
@@ -199,7 +199,7 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
 
     // 4. After the power cut: mount the copy (ext4 replays its journal)
     // and start a fresh pycomd on it.
-    let after = LoopMount::new(&copy, &dir.path().join("mnt-after"))
+    let after = Mount::ext4_image(&copy, &dir.path().join("mnt-after"))
         .expect("the copied image should mount (ext4 replays its journal)");
     let restarted = Daemon::with_data_dir(&after.path().join("data"), env, &[]);
     let present: BTreeSet<String> = restarted
@@ -352,135 +352,4 @@ fn all_threads_stopped(pid: u32) -> bool {
 /// A few names for a failure message.
 fn examples(names: &[String]) -> Vec<&String> {
     names.iter().take(5).collect()
-}
-
-/// Root, mkfs.ext4, mount and a free loop device; else what is missing.
-fn prerequisites() -> Result<(), String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("root (cannot run id -u: {e})"))?;
-    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
-    if uid != "0" {
-        return Err(format!("root (running as uid {uid})"));
-    }
-    for (tool, arg) in [
-        ("mkfs.ext4", "-V"),
-        ("mount", "--version"),
-        ("umount", "--version"),
-    ] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Err(format!("{tool} (cannot run {tool} {arg})"));
-        }
-    }
-    let loop_dev = Command::new("losetup")
-        .arg("-f")
-        .output()
-        .map_err(|e| format!("a loop device (cannot run losetup -f: {e})"))?;
-    if !loop_dev.status.success() {
-        return Err(format!(
-            "a loop device (losetup -f: {})",
-            String::from_utf8_lossy(&loop_dev.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-/// Report a missing prerequisite: a skip, or a failure when `CI=true`.
-fn skip(missing: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("power-cut test needs {missing}, and CI=true forbids skipping it");
-    }
-    // Straight to stderr, past the test harness's capture: a skip is news.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: power-cut test needs {missing}");
-}
-
-/// A sparse image file holding a fresh ext4, fully initialised now so that
-/// no background initialisation writes to it during the test.
-fn make_ext4(image: &Path) {
-    std::fs::File::create(image)
-        .and_then(|f| f.set_len(IMAGE_BYTES))
-        .expect("the sparse image file should be created in the temp dir");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-        .arg(image)
-        .output()
-        .expect("mkfs.ext4 should run");
-    assert!(
-        out.status.success(),
-        "mkfs.ext4 {} failed: {}",
-        image.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// An image file mounted with `mount -o loop` (the loop device detaches on
-/// unmount); unmounted when dropped. Whatever runs on it must be stopped
-/// first: declare this guard before it.
-struct LoopMount {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl LoopMount {
-    fn new(image: &Path, dir: &Path) -> Result<LoopMount, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let out = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(image)
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -o loop {} {} failed: {}",
-                image.display(),
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(LoopMount {
-            dir: dir.to_path_buf(),
-            mounted: true,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Unmount, retrying while busy; lazily as a last resort. Never panics
-    /// (it runs in `drop`, possibly while unwinding).
-    fn unmount(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        self.mounted = false;
-        let umount = |lazy: bool| {
-            let mut cmd = Command::new("umount");
-            if lazy {
-                cmd.arg("-l");
-            }
-            cmd.arg(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !wait_until(Duration::from_secs(10), || umount(false)) && !umount(true) {
-            eprintln!("warning: could not unmount {}", self.dir.display());
-        }
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        self.unmount();
-    }
 }

@@ -12,6 +12,7 @@
 //! pass, unless `CI=true`, where they fail.
 
 use pycom_client::{Code, Connection, NameserverClient, Registration};
+use pycom_e2e::mounts::{make_ext4, prerequisites, skip, Mount};
 use pycom_e2e::{leased, wait_until, Daemon};
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -35,15 +36,15 @@ const DISK_FULL: &str = "No space left on device";
 
 #[test]
 fn a_full_disk_refuses_writes_with_code_7_and_they_change_nothing() {
-    if let Err(missing) = prerequisites(false) {
-        skip(&missing);
+    if let Err(missing) = prerequisites(&[], false) {
+        skip("store-error test", &missing);
         return;
     }
     let dir = tempfile::tempdir().expect("a temp dir for the mount point");
     let mount = match Mount::tmpfs(&dir.path().join("mnt"), "2m") {
         Ok(m) => m,
         Err(e) => {
-            skip(&format!("a tmpfs mount: {e}"));
+            skip("store-error test", &format!("a tmpfs mount: {e}"));
             return;
         }
     };
@@ -135,17 +136,17 @@ fn a_full_disk_refuses_writes_with_code_7_and_they_change_nothing() {
 /// the write finds the disk full.
 #[test]
 fn sigterm_while_a_write_that_cannot_be_made_durable_is_in_flight_exits_1() {
-    if let Err(missing) = prerequisites(true) {
-        skip(&missing);
+    if let Err(missing) = prerequisites(&[("mkfs.ext4", "-V"), ("fsfreeze", "--version")], true) {
+        skip("store-error test", &missing);
         return;
     }
     let dir = tempfile::tempdir().expect("a temp dir for the disk image");
     let image = dir.path().join("disk.img");
-    make_ext4(&image);
+    make_ext4(&image, IMAGE_BYTES);
     let mount = match Mount::ext4_image(&image, &dir.path().join("mnt")) {
         Ok(m) => m,
         Err(e) => {
-            skip(&format!("a loop-mounted ext4 image: {e}"));
+            skip("store-error test", &format!("a loop-mounted ext4 image: {e}"));
             return;
         }
     };
@@ -312,144 +313,6 @@ fn log_writer_blocked(pid: u32) -> bool {
                 })
                 .unwrap_or(false)
     })
-}
-
-/// Root and `mount`; with `ext4`, also mkfs.ext4, fsfreeze and a free loop
-/// device. Else what is missing.
-fn prerequisites(ext4: bool) -> Result<(), String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("root (cannot run id -u: {e})"))?;
-    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
-    if uid != "0" {
-        return Err(format!("root (running as uid {uid})"));
-    }
-    let mut tools = vec![("mount", "--version"), ("umount", "--version")];
-    if ext4 {
-        tools.extend([("mkfs.ext4", "-V"), ("fsfreeze", "--version")]);
-    }
-    for (tool, arg) in tools {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Err(format!("{tool} (cannot run {tool} {arg})"));
-        }
-    }
-    if ext4 {
-        let loop_dev = Command::new("losetup")
-            .arg("-f")
-            .output()
-            .map_err(|e| format!("a loop device (cannot run losetup -f: {e})"))?;
-        if !loop_dev.status.success() {
-            return Err(format!(
-                "a loop device (losetup -f: {})",
-                String::from_utf8_lossy(&loop_dev.stderr).trim()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Report a missing prerequisite: a skip, or a failure when `CI=true`.
-fn skip(missing: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("store-error test needs {missing}, and CI=true forbids skipping it");
-    }
-    // Straight to stderr, past the test harness's capture: a skip is news.
-    let _ = writeln!(std::io::stderr(), "SKIPPED: store-error test needs {missing}");
-}
-
-/// A sparse image file holding a fresh ext4, fully initialised now.
-fn make_ext4(image: &Path) {
-    std::fs::File::create(image)
-        .and_then(|f| f.set_len(IMAGE_BYTES))
-        .expect("the sparse image file should be created in the temp dir");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-        .arg(image)
-        .output()
-        .expect("mkfs.ext4 should run");
-    assert!(
-        out.status.success(),
-        "mkfs.ext4 {} failed: {}",
-        image.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A filesystem mounted by the test; unmounted when dropped. Whatever runs
-/// on it must be stopped first: declare this guard before it.
-struct Mount {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Mount {
-    /// A tmpfs of `size` (as `mount -o size=` takes it) on `dir`.
-    fn tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
-        Mount::new(dir, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-    }
-
-    /// The ext4 in `image`, through a loop device (detached on unmount).
-    fn ext4_image(image: &Path, dir: &Path) -> Result<Mount, String> {
-        let image = image.to_str().ok_or("the image path is not UTF-8")?;
-        Mount::new(dir, &["-t", "ext4", "-o", "loop", image])
-    }
-
-    fn new(dir: &Path, args: &[&str]) -> Result<Mount, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let out = Command::new("mount")
-            .args(args)
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount {} {} failed: {}",
-                args.join(" "),
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Mount {
-            dir: dir.to_path_buf(),
-            mounted: true,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Mount {
-    /// Unmount, retrying while busy; lazily as a last resort. Never panics
-    /// (it may run while unwinding).
-    fn drop(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        self.mounted = false;
-        let umount = |lazy: bool| {
-            let mut cmd = Command::new("umount");
-            if lazy {
-                cmd.arg("-l");
-            }
-            cmd.arg(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !wait_until(Duration::from_secs(10), || umount(false)) && !umount(true) {
-            eprintln!("warning: could not unmount {}", self.dir.display());
-        }
-    }
 }
 
 /// A filesystem frozen with `fsfreeze -f` (writes to it block until it is

@@ -6,6 +6,7 @@
 //! into (`cargo build --workspace` first; `tests/run.sh` does).
 
 pub mod fixtures;
+pub mod mounts;
 
 use pycom_client::{Connection, NameserverClient, Registration};
 use std::io::Read;

@@ -83,7 +83,23 @@ struct Position<'a> {
     next: Option<Option<&'a str>>,
 }
 
+/// How much one page may look at.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    records: usize,
+    time: std::time::Duration,
+}
+
+const BUDGET: Budget = Budget {
+    records: SCAN_BUDGET,
+    time: PAGE_TIME,
+};
+
 fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
+    run_within(ctx, args, BUDGET)
+}
+
+fn run_within(ctx: &Context, args: &Args, budget: Budget) -> Result<Vec<u8>, Fault> {
     let interface = pattern(args, "interface")?;
     let service = pattern(args, "service")?;
     let after = args.opt_str("after")?;
@@ -97,7 +113,7 @@ fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
         (false, _) => usize::MAX,
         (true, l) => l.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE) as usize,
     };
-    let budget = ctx.settings.max_reply_bytes.saturating_sub(ENVELOPE_BYTES);
+    let max_bytes = ctx.settings.max_reply_bytes.saturating_sub(ENVELOPE_BYTES);
     let matches = |r: &Record| {
         ctx.live(&r.service)
             && service.as_ref().is_none_or(|re| re.is_match(&r.service))
@@ -110,17 +126,20 @@ fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
     out.push(b'[');
     let (mut count, mut scanned) = (0usize, 0usize);
     let mut last_included: Option<&str> = None;
+    let mut last_scanned: Option<&str> = None;
     let mut next: Option<&str> = None;
     let mut records = ctx.registry.records_after(after).peekable();
     let started = std::time::Instant::now();
     while let Some(record) = records.next() {
-        let out_of_time = scanned % 256 == 255 && started.elapsed() > PAGE_TIME;
-        if paged && (scanned == SCAN_BUDGET || out_of_time) {
-            // Go on from the last record looked at, matching or not.
-            next = Some(&record.service);
+        let out_of_time = scanned % 256 == 255 && started.elapsed() > budget.time;
+        if paged && (scanned >= budget.records || out_of_time) && last_scanned.is_some() {
+            // Go on after the last record looked at, matching or not (not
+            // after this one: it has not been looked at).
+            next = last_scanned;
             break;
         }
         scanned += 1;
+        last_scanned = Some(&record.service);
         if !matches(record) {
             continue;
         }
@@ -153,7 +172,7 @@ fn run(ctx: &Context, args: &Args) -> Result<Vec<u8>, Fault> {
         } else {
             serde_json::to_writer(&mut out, &record.view())
         };
-        if out.len() > budget && count > 0 {
+        if out.len() > max_bytes && count > 0 {
             if !paged {
                 return Err(args.fault(format_args!(
                     "the whole list is more than max_reply_bytes = {} bytes ({count} records fit); narrow it with 'interface' or 'service', or ask for pages with 'limit' and 'after' (each page's extensions[\"org.pycom.nameserver\"].next is the next page's 'after')",
@@ -201,4 +220,81 @@ fn pattern(args: &Args, field: &str) -> Result<Option<Regex>, Fault> {
                 "field '{field}' is not a usable regular expression: {e}"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::leases::Leases;
+    use crate::nameserver::{Replies, Stats};
+    use crate::registry::{Command, Registry, State};
+    use serde_json::{json, Value};
+
+    fn registry(n: usize) -> Registry {
+        let mut r = Registry::new(State::default(), Vec::new());
+        for i in 0..n {
+            let _ = r.apply(&Command::Register {
+                service: format!("/p/{i:04}"),
+                address: "tcp://a:1".into(),
+                interfaces: vec![if i % 3 == 0 { "three" } else { "other" }.into()],
+                replace: true,
+                ttl_ms: None,
+                metadata: None,
+                lapsed: None,
+            });
+        }
+        r
+    }
+
+    /// Every page, following `next`, with a scan budget of `records`.
+    fn all_pages(registry: &Registry, filter: Value, limit: u64, records: usize) -> (Vec<String>, usize) {
+        let (settings, stats) = (Settings::default(), Stats::default());
+        let (mut leases, mut replies) = (Leases::default(), Replies::default());
+        let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let mut args = filter.clone();
+            args["limit"] = json!(limit);
+            if let Some(a) = &after {
+                args["after"] = json!(a);
+            }
+            let ctx = Context {
+                registry,
+                leases: &mut leases,
+                settings: &settings,
+                stats: &stats,
+                log: Default::default(),
+                now: std::time::Instant::now(),
+                replies: &mut replies,
+            };
+            let args = Args::new("list_services", &args).unwrap();
+            let budget = Budget {
+                records,
+                time: std::time::Duration::from_secs(60),
+            };
+            let body: Value = serde_json::from_slice(&run_within(&ctx, &args, budget).unwrap()).unwrap();
+            pages += 1;
+            let page = body["result"].as_array().unwrap();
+            assert!(page.len() as u64 <= limit);
+            seen.extend(page.iter().map(|r| r["service"].as_str().unwrap().to_string()));
+            match body["extensions"]["org.pycom.nameserver"]["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return (seen, pages),
+            }
+        }
+    }
+
+    #[test]
+    fn pages_cut_short_by_the_scan_budget_lose_nothing() {
+        let r = registry(1_000);
+        let expected: Vec<String> = (0..1_000).map(|i| format!("/p/{i:04}")).collect();
+        // Pages end at 5 records, or after looking at 7: every record once, in order.
+        let (seen, pages) = all_pages(&r, json!({}), 5, 7);
+        assert_eq!(seen, expected);
+        assert_eq!(pages, 200);
+        // A filter that matches one record in three: short pages, none lost.
+        let (seen, _) = all_pages(&r, json!({"interface": "three"}), 100, 7);
+        let every_third: Vec<String> = expected.iter().step_by(3).cloned().collect();
+        assert_eq!(seen, every_third);
+    }
 }
