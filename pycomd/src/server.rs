@@ -217,7 +217,7 @@ impl Server {
             leases: &mut self.leases,
             settings: &self.settings,
             stats: &self.stats,
-            log: self.log.stats(),
+            log_stats: &|| self.log.stats(),
             now,
             replies: &mut self.replies,
         };

@@ -116,7 +116,7 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
                             &consequence,
                             std::slice::from_ref(&path),
                         )?;
-                        recovery.set_aside(&path)?;
+                        recovery.remove(&path)?;
                         snapshots.pop();
                         if !reaches_back {
                             recovery.dropped += index - older;
@@ -312,10 +312,6 @@ impl Recovery<'_> {
         Ok(())
     }
 
-    fn set_aside(&self, path: &Path) -> Result<(), String> {
-        self.remove(path)
-    }
-
     fn remove(&self, path: &Path) -> Result<(), String> {
         std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
     }
@@ -331,14 +327,4 @@ fn refuse_old_format(data_dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Write the state as a snapshot at `last` (used by tests and the compactor).
-pub fn write_snapshot(
-    data_dir: &Path,
-    state: &State,
-    last: LogId,
-    sync: bool,
-) -> std::io::Result<(PathBuf, u64)> {
-    snapshot::write(data_dir, &snapshot::Snapshot::of(state, last), sync)
 }

@@ -227,6 +227,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::leases::Leases;
+    use crate::log::LogStats;
     use crate::nameserver::{Replies, Stats};
     use crate::registry::{Command, Registry, State};
     use serde_json::{json, Value};
@@ -263,7 +264,7 @@ mod tests {
                 leases: &mut leases,
                 settings: &settings,
                 stats: &stats,
-                log: Default::default(),
+                log_stats: &LogStats::default,
                 now: std::time::Instant::now(),
                 replies: &mut replies,
             };

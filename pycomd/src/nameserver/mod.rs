@@ -60,7 +60,8 @@ pub struct Context<'a> {
     pub leases: &'a mut Leases,
     pub settings: &'a Settings,
     pub stats: &'a Stats,
-    pub log: LogStats,
+    /// The log's counters, read only by `stat`.
+    pub log_stats: &'a dyn Fn() -> LogStats,
     pub now: Instant,
     pub replies: &'a mut Replies,
 }

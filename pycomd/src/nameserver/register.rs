@@ -79,13 +79,14 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
         Some(old) if !replace => &old.interfaces,
         _ => &[],
     };
-    let kept_metadata = match (old, &metadata) {
-        (Some(old), None) => old.metadata.clone(),
-        (_, Some(m)) => m.clone(),
-        (None, None) => Default::default(),
+    let no_metadata = BTreeMap::new();
+    let kept_metadata = match (&metadata, old) {
+        (Some(m), _) => m,
+        (None, Some(old)) => &old.metadata,
+        (None, None) => &no_metadata,
     };
-    let all_interfaces: Vec<String> = interfaces.iter().chain(kept_interfaces).cloned().collect();
-    let size = record_size(&service, address, &all_interfaces, &kept_metadata);
+    let size = record_size(&service, address, &interfaces, kept_metadata)
+        + kept_interfaces.iter().map(String::len).sum::<usize>();
     let max = ctx.settings.max_record_bytes;
     if size > max {
         return Err(args.fault(format_args!(

@@ -37,6 +37,6 @@ pub fn stat(ctx: &mut Context) -> Plan {
         failed: stats.failed,
         dropped_replies: stats.dropped_replies,
         pending_reply_bytes: ctx.replies.pending_bytes(),
-        store: ctx.log,
+        store: (ctx.log_stats)(),
     }))
 }
