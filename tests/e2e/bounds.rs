@@ -60,6 +60,35 @@ fn all_pages(
     }
 }
 
+/// A client that sends these request bodies and reads none of the replies
+/// (its receive queue holds one), once pycomd has read them all; dropping
+/// it goes away.
+fn unread(
+    d: &Daemon,
+    ns: &mut NameserverClient,
+    bodies: impl Iterator<Item = String>,
+) -> (zmq::Socket, zmq::Context) {
+    let requests = |ns: &mut NameserverClient| ns.stat().expect("stat")["requests"].as_u64().unwrap_or(0);
+    let start = requests(ns);
+    let ctx = zmq::Context::new();
+    let greedy = ctx.socket(zmq::DEALER).expect("socket");
+    greedy.set_rcvhwm(1).expect("rcvhwm");
+    greedy.set_rcvbuf(4096).expect("rcvbuf");
+    greedy.connect(&d.endpoint).expect("connect");
+    let mut sent = 0;
+    for body in bodies {
+        greedy
+            .send_multipart([&b""[..], b"CALL", body.as_bytes()], 0)
+            .expect("send");
+        sent += 1;
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || requests(ns) > start + sent),
+        "pycomd should have read the {sent} requests"
+    );
+    (greedy, ctx)
+}
+
 #[test]
 fn pages_cover_every_record_once_in_order() {
     let d = Daemon::start();
@@ -123,27 +152,11 @@ fn unread_big_replies_are_bounded_in_bytes() {
     fill(&d, 4_000);
     let before_kib = d.rss_kib();
     let mut ns = d.ns();
-    let requests = |ns: &mut NameserverClient| ns.stat().expect("stat")["requests"].as_u64().unwrap_or(0);
-    let start = requests(&mut ns);
     // A client sends 150 different big lists and reads nothing.
-    let ctx = zmq::Context::new();
-    let greedy = ctx.socket(zmq::DEALER).expect("socket");
-    greedy.set_rcvhwm(1).expect("rcvhwm");
-    greedy.set_rcvbuf(4096).expect("rcvbuf");
-    greedy.connect(&d.endpoint).expect("connect");
-    for i in 0..150 {
-        let body = format!(
-            r#"{{"interface": "org.pycom.nameserver", "method": "list_services", "args": {{"service": "/b/|x{i}"}}}}"#
-        );
-        greedy
-            .send_multipart([&b""[..], b"CALL", body.as_bytes()], 0)
-            .expect("send");
-    }
+    let greedy = unread(&d, &mut ns, (0..150).map(|i| {
+        format!(r#"{{"interface": "org.pycom.nameserver", "method": "list_services", "args": {{"service": "/b/|x{i}"}}}}"#)
+    }));
     // pycomd holds at most the limit (plus the one reply being made) of them.
-    assert!(
-        wait_until(Duration::from_secs(10), || requests(&mut ns) > start + 150),
-        "pycomd should have read the 150 requests"
-    );
     let stat = ns.stat().expect("stat");
     let pending = stat["pending_reply_bytes"].as_u64().expect("pending_reply_bytes");
     assert!(
@@ -173,7 +186,6 @@ fn unread_big_replies_are_bounded_in_bytes() {
     assert!(ns.locate("even", None).is_ok());
     // Once the greedy client goes away, its replies are released.
     drop(greedy);
-    drop(ctx);
     assert!(
         wait_until(Duration::from_secs(10), || ns
             .list_services(None, Some("/b/0"))
@@ -188,19 +200,8 @@ fn identical_big_lists_share_one_reply() {
     fill(&d, 4_000);
     // 100 identical whole lists from one client that reads nothing: one buffer.
     let mut ns = d.ns();
-    let requests = |ns: &mut NameserverClient| ns.stat().expect("stat")["requests"].as_u64().unwrap_or(0);
-    let start = requests(&mut ns);
-    let ctx = zmq::Context::new();
-    let greedy = ctx.socket(zmq::DEALER).expect("socket");
-    greedy.set_rcvhwm(1).expect("rcvhwm");
-    greedy.connect(&d.endpoint).expect("connect");
-    let body = br#"{"interface": "org.pycom.nameserver", "method": "list_services"}"#;
-    for _ in 0..100 {
-        greedy
-            .send_multipart([&b""[..], b"CALL", &body[..]], 0)
-            .expect("send");
-    }
-    assert!(wait_until(Duration::from_secs(10), || requests(&mut ns) > start + 100));
+    let body = r#"{"interface": "org.pycom.nameserver", "method": "list_services"}"#;
+    let _greedy = unread(&d, &mut ns, std::iter::repeat_n(body.to_string(), 100));
     let list = ns
         .list_services(None, None)
         .expect("the same list, shared, is not refused");
@@ -269,10 +270,7 @@ fn records_and_the_registry_are_bounded_in_bytes() {
 fn pycomctl_lists_past_max_reply_bytes_page_by_page() {
     let d = Daemon::with(&[("PYCOMD_MAX_REPLY_BYTES", "65536")], &[]);
     fill(&d, 2_000);
-    let out = std::process::Command::new(pycom_e2e::bin("pycomctl"))
-        .args(["--nameserver", &d.endpoint, "--output", "json", "list-services"])
-        .output()
-        .expect("run pycomctl");
+    let out = pycom_e2e::pycomctl(&d, &["--output", "json", "list-services"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON list");
     assert_eq!(listed.len(), 2_001);

@@ -1,19 +1,7 @@
 //! pycomctl against a real pycomd: output and exit codes.
 
-use pycom_e2e::{bin, free_port, Daemon, EchoService};
-use std::process::{Command, Output};
-
-fn ctl(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(bin("pycomctl"))
-        .env("PYCOM_NAMESERVER", &d.endpoint)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use pycom_e2e::{bin, free_port, pycomctl as ctl, stdout, Daemon, EchoService};
+use std::process::Command;
 
 #[test]
 fn register_list_locate_unregister() {

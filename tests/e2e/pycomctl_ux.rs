@@ -4,20 +4,12 @@
 
 use pycom_client::service::{Interface, Method, Service};
 use pycom_client::Context;
-use pycom_e2e::{bin, free_port, wait_until, Daemon};
+use pycom_e2e::{bin, free_port, pycomctl as ctl, stderr, stdout, wait_until, Daemon};
 use serde_json::{json, Value};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn ctl(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(bin("pycomctl"))
-        .env("PYCOM_NAMESERVER", &d.endpoint)
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ctl_at(nameserver: &str, args: &[&str]) -> Output {
     Command::new(bin("pycomctl"))
@@ -27,14 +19,6 @@ fn ctl_at(nameserver: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A service whose `work` takes `slow` and counts how often it started.

@@ -284,6 +284,25 @@ pub fn run_to_exit(cmd: &mut Command, timeout: Duration) -> Exited {
     }
 }
 
+/// Run `pycomctl ARGS` against `d` (through `PYCOM_NAMESERVER`).
+pub fn pycomctl(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(bin("pycomctl"))
+        .env("PYCOM_NAMESERVER", &d.endpoint)
+        .args(args)
+        .output()
+        .expect("run pycomctl")
+}
+
+/// A command's standard output, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A registration with a lease.
 pub fn leased(service: &str, address: &str, interfaces: &[&str], ttl_ms: u64) -> Registration {
     Registration {
