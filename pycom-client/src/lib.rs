@@ -43,6 +43,7 @@ pub mod locate;
 pub mod nameserver;
 pub mod proto;
 pub mod proxy;
+pub mod pubsub;
 pub mod router;
 pub mod service;
 
