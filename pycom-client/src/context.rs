@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::locate::Locator;
 use crate::nameserver::{NameserverClient, ServiceInfo, DEFAULT_ENDPOINT};
 use crate::proxy::Invoker;
+use crate::pubsub::{Publisher, Subscriber, SubscriberBuilder, Watcher};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,6 +115,33 @@ impl Context {
         self.component(interface, None, address, false)
     }
 
+    /// A publisher on `topic` through pycomd's forwarder, ready when
+    /// returned (see [`Publisher::builder`] for its options).
+    pub fn publisher(&self, topic: &str) -> Result<Publisher> {
+        Publisher::builder(self, topic).connect()
+    }
+
+    /// A subscriber to `pattern` (`a.b.c`, `a.*.c`, `a.>`) through pycomd's
+    /// forwarder, ready when returned, starting with new messages.
+    pub fn subscribe(&self, pattern: &str) -> Result<Subscriber> {
+        Subscriber::builder(self).pattern(pattern).connect()
+    }
+
+    /// Options for a subscriber: patterns, where it starts, gaps, queue.
+    pub fn subscriber(&self) -> SubscriberBuilder {
+        Subscriber::builder(self)
+    }
+
+    /// A live view of the whole registry ([`Watcher`]).
+    pub fn watch(&self) -> Result<Watcher> {
+        Watcher::new(self, |_| true)
+    }
+
+    /// A live view of the registry records `filter` takes.
+    pub fn watch_where(&self, filter: impl Fn(&ServiceInfo) -> bool + Send + 'static) -> Result<Watcher> {
+        Watcher::new(self, filter)
+    }
+
     /// A component at `address`; a relocatable one asks this context's
     /// nameservers where its service went when a call fails in transport.
     fn component(
@@ -213,4 +241,7 @@ const _: () = {
     const fn movable<T: Send>() {}
     shared::<Context>();
     movable::<Component>();
+    movable::<Publisher>();
+    movable::<Subscriber>();
+    movable::<Watcher>();
 };

@@ -65,6 +65,29 @@ pub enum Error {
     /// An attachment was too large, or could not be read or spilled.
     #[error("attachment: {0}")]
     Attachment(String),
+    /// pycomd's pub-sub forwarder did not put a publisher's or a
+    /// subscriber's path in place within the timeout.
+    #[error("the pub-sub forwarder at {endpoint} did not answer within {timeout_ms} ms ({what}): is pycomd running, with pub-sub?")]
+    NotReady {
+        /// The forwarder endpoint (XSUB for publishers, XPUB for subscribers).
+        endpoint: String,
+        /// How long it was waited for.
+        timeout_ms: u64,
+        /// What was waited for.
+        what: String,
+    },
+    /// A subscriber missed publications (only with
+    /// [`GapPolicy::Error`](crate::pubsub::GapPolicy::Error)); the
+    /// message after the gap comes next.
+    #[error("{missed} message(s) missed on topic '{topic}' from publisher {src}")]
+    Gap {
+        /// The topic of the missed messages.
+        topic: String,
+        /// The publisher instance they came from.
+        src: String,
+        /// How many were missed.
+        missed: u64,
+    },
     /// ZeroMQ itself failed.
     #[error("ZeroMQ error talking to {endpoint}: {source}")]
     Transport {

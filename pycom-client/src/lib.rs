@@ -16,6 +16,13 @@
 //! renews, dispatches to handlers on worker threads, keeps sessions,
 //! answers `introspect`, and unregisters on stop.
 //!
+//! Pub-sub ([`pubsub`]): [`Context::publisher`] gives a [`Publisher`],
+//! [`Context::subscribe`] a [`Subscriber`] (patterns such as `a.*.c`,
+//! `a.>`), both through pycomd's forwarder and ready when returned: nothing
+//! published after both are made is lost to a slow join. Subscribers drop
+//! duplicates, see gaps, and may start with each topic's last value.
+//! [`Context::watch`] gives a [`Watcher`]: a live copy of the registry.
+//!
 //! Declaring: [`interface!`] turns a list of method signatures into a typed
 //! client and a handler trait with introspection ([`proxy`]).
 //!
@@ -55,5 +62,6 @@ pub use error::{Error, Result};
 pub use locate::Locator;
 pub use nameserver::{NameserverClient, Page, RecordState, Registration, ServiceInfo};
 pub use proto::{Code, Fault};
+pub use pubsub::{Change, GapPolicy, Message, Publisher, Start, Subscriber, Watcher};
 #[doc(hidden)]
 pub use serde_json;

@@ -69,6 +69,10 @@ crate::interface! {
         /// in service order. With limit or after, one page: extensions["org.pycom.nameserver"].next
         /// is the after of the next page (null at the end). A whole list is bounded by max_reply_bytes.
         fn list_services(; interface: String, service: String, limit: u64, after: String, long: bool) -> Vec<ServiceInfo>;
+        /// Registry changes after revision since, oldest first, at most limit of them:
+        /// {"revision": n, "events": [event bodies as published on org.pycom.nameserver.events.*]},
+        /// or {"revision": n, "compacted": true} when since is older than the history kept (list again).
+        fn changes(since: u64; limit: u64) -> Value;
     }
 }
 
@@ -148,6 +152,14 @@ impl<I: Invoker> NameserverClient<I> {
             .api
             .locate(interface.into(), service.map(Into::into), Some(true))?;
         crate::proxy::from_value("locate", v)
+    }
+
+    /// The registry's changes after revision `since` (at most `limit`):
+    /// `{"revision", "events"}`, or `{"revision", "compacted": true}` when
+    /// pycomd no longer keeps that far back. [`Watcher`](crate::pubsub::Watcher)
+    /// reads it.
+    pub fn changes(&mut self, since: u64, limit: Option<u64>) -> Result<Value> {
+        self.api.changes(since, limit)
     }
 
     /// Records whose service and one of whose interfaces match the

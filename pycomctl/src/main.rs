@@ -20,6 +20,7 @@ Exit status:
   2  usage error: a bad argument, a malformed endpoint or ARGS_JSON, an
      unreadable file (nothing was sent)
   3  no nameserver answered: no answer from tcp://...: is pycomd running?
+     (pub, sub, watch: or pycomd's pub-sub forwarder did not answer)
   4  the called service did not answer in time (call); the method may
      have run all the same
 
@@ -126,6 +127,46 @@ pub enum Command {
     Renew { service: String, address: String },
     /// Remove a service's record (only its own address may)
     Unregister { service: String, address: String },
+    /// Publish one message through pycomd's forwarder (once the forwarder
+    /// has taken the connection) and exit
+    Pub {
+        /// Dot-separated tokens, e.g. demo.interface.name (not org.pycom.*)
+        topic: String,
+        /// The message body, as JSON
+        #[arg(value_name = "JSON")]
+        body: String,
+        /// Send a file as an attachment (repeatable, in order)
+        #[arg(long = "attach", value_name = "FILE")]
+        attach: Vec<std::path::PathBuf>,
+    },
+    /// Print publications as they arrive: one line each, `TOPIC SEQ BODY`
+    /// (with --json, one JSON object per line). Missed messages are said on
+    /// stderr, and so is "subscribed" once every later publication will arrive
+    Sub {
+        /// Topic patterns: a.b.c exact, a.*.c one token, a.> the rest
+        #[arg(required = true, value_name = "PATTERN")]
+        patterns: Vec<String>,
+        /// Start with the last value of each matching topic pycomd has
+        #[arg(long)]
+        last: bool,
+        /// Exit after N messages
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Print the registry's records, then each change as it happens, one
+    /// line each: `REVISION KIND SERVICE ADDRESS INTERFACES METADATA`
+    /// (KIND `listed` for the records at the start)
+    Watch {
+        /// Only services with an interface matching this regex (anchored at the start)
+        #[arg(long, value_name = "RE")]
+        interface: Option<String>,
+        /// Only services whose name matches this regex (anchored at the start)
+        #[arg(long, value_name = "RE")]
+        service: Option<String>,
+        /// Exit after N changes (the records listed at the start not counted)
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
 }
 
 fn parse_metadata(entry: &str) -> Result<(String, String), String> {

@@ -62,6 +62,47 @@ pub struct Settings {
     /// Acknowledge writes without fdatasync. Loses acknowledged changes on
     /// power loss: for tests and throw-away setups only.
     pub unsafe_no_fsync: bool,
+    /// Registry changes kept for `changes` (a watcher catching up); older
+    /// ones answer `compacted` (list again).
+    pub changes_retained: usize,
+    /// The same bound in bytes (records' sizes, as `max_record_bytes`
+    /// counts them).
+    pub changes_retained_bytes: usize,
+    /// The pub-sub forwarder (`[pubsub]`).
+    pub pubsub: PubsubSettings,
+}
+
+/// `[pubsub]`: the forwarder (PROTOCOL.md 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubSettings {
+    pub enabled: bool,
+    /// Where publishers connect. Unset: `tcp://127.0.0.1:2013`, and a
+    /// failure to bind it is a warning (a second pycomd on the host); a
+    /// configured endpoint that cannot be bound stops pycomd.
+    pub xsub: Option<String>,
+    /// Where subscribers connect; unset: `tcp://127.0.0.1:2014`, as `xsub`.
+    pub xpub: Option<String>,
+    /// Topics whose last publication is kept for late subscribers.
+    pub lvc_max_topics: usize,
+    /// Bytes those publications may take together.
+    pub lvc_max_bytes: usize,
+    /// Messages queued per publisher and per subscriber: a slow subscriber
+    /// loses messages past it (and sees gaps), nobody else waits.
+    pub high_water_mark: i32,
+}
+
+impl Default for PubsubSettings {
+    fn default() -> PubsubSettings {
+        PubsubSettings {
+            enabled: true,
+            xsub: None,
+            xpub: None,
+            lvc_max_topics: 10_000,
+            lvc_max_bytes: 64 * 1024 * 1024,
+            high_water_mark: 10_000,
+        }
+    }
 }
 
 /// Settings a SIGHUP applies to the running pycomd; every other setting
@@ -100,6 +141,9 @@ impl Default for Settings {
             snapshot_log_bytes: 64 * 1024 * 1024,
             log_segment_bytes: 32 * 1024 * 1024,
             unsafe_no_fsync: false,
+            changes_retained: 100_000,
+            changes_retained_bytes: 64 * 1024 * 1024,
+            pubsub: PubsubSettings::default(),
         }
     }
 }
@@ -238,6 +282,22 @@ impl Settings {
                 return Err(format!("{name} = {value} is below the minimum of {least}"));
             }
         }
+        if self.pubsub.high_water_mark <= 0 {
+            return Err(format!(
+                "pubsub.high_water_mark = {} must be at least 1",
+                self.pubsub.high_water_mark
+            ));
+        }
+        for (name, endpoint) in [
+            ("pubsub.xsub", &self.pubsub.xsub),
+            ("pubsub.xpub", &self.pubsub.xpub),
+        ] {
+            if let Some(endpoint) = endpoint.as_deref().filter(|e| !e.contains("://")) {
+                return Err(format!(
+                    "{name} = '{endpoint}' is not a ZeroMQ endpoint (expected e.g. tcp://127.0.0.1:2013)"
+                ));
+            }
+        }
         if self.log_segment_bytes < 4096 || self.snapshot_log_bytes < 4096 {
             return Err("log_segment_bytes and snapshot_log_bytes must be at least 4096".into());
         }
@@ -275,9 +335,10 @@ impl Settings {
 }
 
 /// The `PYCOMD_*` environment variables (but `PYCOMD_CONFIG`, the config
-/// file) as settings: (variable, setting, value as given, value). Each is
-/// checked on its own, so that an error names the variable: one that is no
-/// setting, or a value the setting cannot take.
+/// file) as settings: (variable, setting, value as given, value). A table's
+/// setting takes a double underscore: `PYCOMD_PUBSUB__XSUB` is `pubsub.xsub`.
+/// Each is checked on its own, so that an error names the variable: one
+/// that is no setting, or a value the setting cannot take.
 #[allow(clippy::type_complexity)]
 fn environment_settings() -> Result<Vec<(String, String, String, serde_json::Value)>, String> {
     let defaults = match serde_json::to_value(Settings::default()) {
@@ -291,15 +352,14 @@ fn environment_settings() -> Result<Vec<(String, String, String, serde_json::Val
     vars.sort();
     let mut found = Vec::new();
     for (name, value) in vars {
-        let key = name["PYCOMD_".len()..].to_ascii_lowercase();
-        let Some(default) = defaults.get(&key) else {
-            let settings: Vec<String> = defaults
-                .keys()
-                .map(|k| format!("PYCOMD_{}", k.to_ascii_uppercase()))
-                .collect();
+        let path: Vec<String> = name["PYCOMD_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let Some(default) = setting_at(&defaults, &path) else {
             return Err(format!(
                 "environment variable {name} is not a pycomd setting; the settings are: {} (and PYCOMD_CONFIG, the config file)",
-                settings.join(", ")
+                variable_names(&defaults, "PYCOMD_").join(", ")
             ));
         };
         let Some(raw) = value.to_str() else {
@@ -309,13 +369,41 @@ fn environment_settings() -> Result<Vec<(String, String, String, serde_json::Val
         };
         let parsed = env_value(raw, default).map_err(|why| format!("{name}={raw}: {why}"))?;
         // The value alone, in the defaults: does the setting take it?
-        let mut alone = defaults.clone();
-        alone.insert(key.clone(), parsed.clone());
-        serde_json::from_value::<Settings>(serde_json::Value::Object(alone))
-            .map_err(|e| format!("{name}={raw}: {e}"))?;
-        found.push((name, key, raw.to_string(), parsed));
+        let mut alone = serde_json::Value::Object(defaults.clone());
+        if let Some(slot) = path.iter().try_fold(&mut alone, |v, key| v.get_mut(key)) {
+            *slot = parsed.clone();
+        }
+        serde_json::from_value::<Settings>(alone).map_err(|e| format!("{name}={raw}: {e}"))?;
+        found.push((name, path.join("."), raw.to_string(), parsed));
     }
     Ok(found)
+}
+
+/// The default of the setting at `path` (a table's key, then its own).
+fn setting_at<'a>(
+    defaults: &'a serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+) -> Option<&'a serde_json::Value> {
+    let (first, rest) = path.split_first()?;
+    match (defaults.get(first)?, rest.is_empty()) {
+        (serde_json::Value::Object(table), false) => setting_at(table, rest),
+        (value, true) => Some(value),
+        _ => None,
+    }
+}
+
+/// Every setting's environment variable, tables' settings included.
+fn variable_names(defaults: &serde_json::Map<String, serde_json::Value>, prefix: &str) -> Vec<String> {
+    defaults
+        .iter()
+        .flat_map(|(key, value)| {
+            let name = format!("{prefix}{}", key.to_ascii_uppercase());
+            match value {
+                serde_json::Value::Object(table) => variable_names(table, &format!("{name}__")),
+                _ => vec![name],
+            }
+        })
+        .collect()
 }
 
 /// An environment variable's text as a value of the setting's type (that of

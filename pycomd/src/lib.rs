@@ -25,6 +25,7 @@ pub mod mailbox;
 pub mod nameserver;
 pub mod notify;
 pub mod prober;
+pub mod pubsub;
 pub mod registry;
 pub mod server;
 pub mod signals;
@@ -93,6 +94,13 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         ttl_ms: None,
         revision: 0,
     };
+    let pubsub = pubsub::start(&ctx, &settings).map_err(Failure::Start)?;
+    let events = match pubsub.running() {
+        Some(running) => Some(running.events(&ctx).map_err(Failure::Start)?),
+        None => None,
+    };
+    let mut own = vec![me];
+    own.extend(pubsub.running().map(|p| p.record(&address)));
     let recovery::Opened { state, files } = opened;
     let last = files.last;
     let log = LocalLog::start(
@@ -115,13 +123,14 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     // Every lease starts a full term: its owner may have renewed while
     // pycomd was down. Built beside the index, on the other core.
     let indexing = Instant::now();
-    let (registry, leases) = Registry::new_alongside(state, vec![me], |state| {
+    let (mut registry, leases) = Registry::new_alongside(state, own, |state| {
         let leased = state
             .records()
             .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
         leases::Leases::start(leased, Instant::now())
     });
     let index_ms = indexing.elapsed().as_millis() as u64;
+    registry.set_history_limits(settings.changes_retained, settings.changes_retained_bytes);
     let (signal_handle, signal_thread) = signals::spawn(poster()?).map_err(Failure::Start)?;
 
     let records = registry.state().len();
@@ -140,6 +149,8 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         drops_logged: None,
         replies: Default::default(),
         applied: last,
+        pubsub,
+        events,
     };
     server.probe_all();
 

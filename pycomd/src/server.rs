@@ -24,6 +24,7 @@ use crate::mailbox::{Event, Mailbox, Signal};
 use crate::nameserver::{self, Context, Plan, Stats};
 use crate::notify;
 use crate::prober::ProbeCmd;
+use crate::pubsub;
 use crate::registry::{Applied, ChangeKind, Command, Record, Registry};
 use pycom_client::nameserver::INTERFACE;
 use pycom_client::proto::{self, DecodeError, Fault};
@@ -63,6 +64,10 @@ pub struct Server {
     pub replies: nameserver::Replies,
     /// The newest log entry the registry includes.
     pub applied: LogId,
+    /// The pub-sub forwarder, if it runs.
+    pub pubsub: pubsub::Started,
+    /// Where registry changes are published (when pub-sub runs).
+    pub events: Option<pubsub::Events>,
 }
 
 /// How the server stopped.
@@ -143,6 +148,9 @@ impl Server {
                 // would only delay it by a second.
                 std::mem::forget(self.registry);
                 std::mem::forget(self.leases);
+                if let pubsub::Started::Running(forwarder) = self.pubsub {
+                    forwarder.stop();
+                }
                 return stopped;
             }
         }
@@ -205,9 +213,23 @@ impl Server {
             ));
             return self.reply_fault(envelope, &fault);
         }
+        if request.interface == pycom_client::pubsub::wire::INTERFACE {
+            let body = match &self.pubsub {
+                pubsub::Started::Running(forwarder) => {
+                    pubsub::methods::dispatch(forwarder, &request.method, request.args)
+                }
+                pubsub::Started::Off(why) => {
+                    self.stats.faults += 1;
+                    let fault = Fault::not_found(format!("{}: {why}", request.interface));
+                    proto::encode_fault(&fault, None)
+                }
+            };
+            return self.outbox.push(envelope, proto::STATUS_OK, body);
+        }
         if request.interface != INTERFACE {
             let fault = Fault::not_found(format!(
-                "pycomd serves only {INTERFACE}, not '{}': locate the service through it and call it directly",
+                "pycomd serves only {INTERFACE} and {}, not '{}': locate the service through it and call it directly",
+                pycom_client::pubsub::wire::INTERFACE,
                 request.interface
             ));
             return self.reply_fault(envelope, &fault);
@@ -220,6 +242,7 @@ impl Server {
             log_stats: &|| self.log.stats(),
             now,
             replies: &mut self.replies,
+            pubsub: &self.pubsub,
         };
         let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
         debug!(method = %request.method, "request");
@@ -373,6 +396,9 @@ impl Server {
                 revision = change.revision,
                 "{what}"
             );
+            if let Some(events) = &mut self.events {
+                events.publish(change);
+            }
             if change.removes() {
                 self.leases.revoke(&record.service);
                 let _ = self.prober.send(ProbeCmd::Unwatch {
@@ -452,6 +478,12 @@ impl Server {
             if let Err(e) = self.log_control.set_level(&new.log_level) {
                 error!("reload: {e}");
             }
+        }
+        if let Some(forwarder) = self.pubsub.running() {
+            forwarder
+                .shared
+                .max_message_bytes
+                .store(new.max_message_bytes, std::sync::atomic::Ordering::Relaxed);
         }
         self.settings = new;
         if applied.is_empty() {

@@ -67,8 +67,8 @@ fn stat_and_locate_against_pycomd() {
     runs.iter().for_each(assert_sane);
     assert_eq!(
         d.ns().stat().unwrap()["services"],
-        201,
-        "the preload registered 200 services"
+        200 + pycom_e2e::OWN_RECORDS,
+        "the preload registered 200 services (pycomd lists itself and its forwarder)"
     );
 }
 
@@ -82,4 +82,83 @@ fn durable_register_and_invoke() {
     assert!(stat["store"]["writes"].as_u64().unwrap() >= registered, "{stat}");
     let runs = bench(&["--op", "invoke", "--clients", "2"]);
     assert_sane(&runs[0]);
+}
+
+#[test]
+fn pubsub_events_and_cache_memory() {
+    let d = Daemon::start();
+    let runs = bench(&[
+        "--nameserver",
+        &d.endpoint,
+        "--op",
+        "pubsub",
+        "--body-bytes",
+        "16",
+        "--subscribers",
+        "2",
+        "--rate",
+        "200",
+    ]);
+    assert_eq!(runs.len(), 1, "one row per size and subscriber count");
+    let run = &runs[0];
+    for key in [
+        "throughput",
+        "raw_proxy_throughput",
+        "latency",
+        "raw_proxy_latency",
+    ] {
+        let f = &run[key];
+        assert!(f["received"].as_u64().unwrap() > 0, "{key}: {run}");
+        assert!(f["msgs_per_s"].as_f64().unwrap() > 0.0, "{key}: {run}");
+    }
+    for key in ["latency", "raw_proxy_latency"] {
+        let (p50, p99) = (
+            run[key]["p50_us"].as_u64().unwrap(),
+            run[key]["p99_us"].as_u64().unwrap(),
+        );
+        assert!(p50 > 0 && p50 <= p99, "{key}: {run}");
+    }
+    // The window keeps every queue below its high-water mark: a gap would
+    // be a lost message.
+    assert_eq!(run["gaps_all_runs"], 0, "{run}");
+    assert_eq!(run["raw_proxy_gaps_all_runs"], 0, "{run}");
+    assert!(run["throughput_ratio"].as_f64().unwrap() > 0.0, "{run}");
+
+    let runs = bench(&[
+        "--nameserver",
+        &d.endpoint,
+        "--op",
+        "events",
+        "--preload",
+        "200",
+        "--clients",
+        "4",
+        "--in-flight",
+        "8",
+    ]);
+    assert_eq!(runs[0]["all_arrived_every_run"], true, "{}", runs[0]);
+    assert_eq!(runs[0]["result"]["events"], 200, "{}", runs[0]);
+    assert!(
+        runs[0]["result"]["events_per_s"].as_f64().unwrap() > 0.0,
+        "{}",
+        runs[0]
+    );
+
+    let pid = d.pid().to_string();
+    let runs = bench(&[
+        "--nameserver",
+        &d.endpoint,
+        "--op",
+        "lvc",
+        "--topics",
+        "50",
+        "--body-bytes",
+        "64",
+        "--pycomd-pid",
+        &pid,
+    ]);
+    let lvc = &runs[0];
+    assert!(lvc["topics_cached"].as_u64().unwrap() >= 50, "{lvc}");
+    assert!(lvc["cache_bytes"].as_u64().unwrap() > 50 * 64, "{lvc}");
+    assert!(lvc["rss_after"].as_u64().unwrap() > 0, "{lvc}");
 }

@@ -98,7 +98,7 @@ fn pages_cover_every_record_once_in_order() {
     // At least three pages of at most 1,000 (more if one was cut short in time).
     assert!(pages >= 3, "{pages} pages");
     // Every record once, pycomd's own included, in order.
-    assert_eq!(seen.len(), 2_501);
+    assert_eq!(seen.len(), 2_500 + pycom_e2e::OWN_RECORDS);
     let mut sorted = seen.clone();
     sorted.sort();
     sorted.dedup();
@@ -205,7 +205,7 @@ fn identical_big_lists_share_one_reply() {
     let list = ns
         .list_services(None, None)
         .expect("the same list, shared, is not refused");
-    assert_eq!(list.len(), 4_001);
+    assert_eq!(list.len(), 4_000 + pycom_e2e::OWN_RECORDS);
     let pending = ns.stat().expect("stat")["pending_reply_bytes"]
         .as_u64()
         .unwrap_or(0);
@@ -273,5 +273,5 @@ fn pycomctl_lists_past_max_reply_bytes_page_by_page() {
     let out = pycom_e2e::pycomctl(&d, &["--output", "json", "list-services"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON list");
-    assert_eq!(listed.len(), 2_001);
+    assert_eq!(listed.len(), 2_000 + pycom_e2e::OWN_RECORDS);
 }

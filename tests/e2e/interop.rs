@@ -329,3 +329,12 @@ fn pycom_0_6_0_proxy_client_reads_pycomd_and_rust_introspection() {
         .unwrap();
     run_script(&python, "pycom06_proxy.py", &[&d.endpoint]);
 }
+
+/// Pub-sub from any language: a pyzmq-only publisher and subscriber
+/// (tests/interop/pyzmq_pubsub.py) following PROTOCOL.md 5 through pycomd.
+#[test]
+fn a_pyzmq_publisher_and_subscriber_work_through_pycomd() {
+    let Some(python) = python() else { return };
+    let d = Daemon::start();
+    run_script(&python, "pyzmq_pubsub.py", &[&d.endpoint, "roundtrip"]);
+}

@@ -47,7 +47,7 @@ fn stat_and_json() {
     assert!(stdout(&o).contains("uptime_s"));
     let o = ctl(&d, &["--json", "stat"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["services"], 1);
+    assert_eq!(v["services"], pycom_e2e::OWN_RECORDS);
 }
 
 #[test]

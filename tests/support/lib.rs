@@ -53,11 +53,17 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Records pycomd lists of its own: the nameserver and the pub-sub forwarder.
+pub const OWN_RECORDS: usize = 2;
+
 /// A running pycomd, killed when dropped.
 pub struct Daemon {
     child: Option<Child>,
     pub port: u16,
     pub endpoint: String,
+    /// The forwarder's endpoints (publishers, subscribers).
+    pub xsub: String,
+    pub xpub: String,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     env: Vec<(String, String)>,
@@ -74,19 +80,8 @@ impl Daemon {
     /// Extra `PYCOMD_*` environment and extra flags.
     pub fn with(env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let mut daemon = Daemon {
-            child: None,
-            port,
-            endpoint: format!("tcp://127.0.0.1:{port}"),
-            data_dir: dir.path().join("data"),
-            log_path: dir.path().join("pycomd.log"),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            _dir: dir,
-        };
-        daemon.spawn();
-        daemon
+        let data_dir = dir.path().join("data");
+        Daemon::new(dir, data_dir, env, args)
     }
 
     /// Like [`Daemon::with`], but with its registry in `data_dir` (created
@@ -94,14 +89,34 @@ impl Daemon {
     /// stays in a temp dir of its own, off that filesystem.
     pub fn with_data_dir(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        Daemon::new(dir, data_dir.to_path_buf(), env, args)
+    }
+
+    /// The forwarder gets free ports of its own (unless `env` says
+    /// otherwise), so that parallel tests never share pycomd's defaults.
+    fn new(dir: tempfile::TempDir, data_dir: PathBuf, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let port = free_port();
+        let (xsub, xpub) = (
+            format!("tcp://127.0.0.1:{}", free_port()),
+            format!("tcp://127.0.0.1:{}", free_port()),
+        );
+        let mut all: Vec<(String, String)> = vec![
+            ("PYCOMD_PUBSUB__XSUB".into(), xsub.clone()),
+            ("PYCOMD_PUBSUB__XPUB".into(), xpub.clone()),
+        ];
+        for (k, v) in env {
+            all.retain(|(name, _)| name != k);
+            all.push((k.to_string(), v.to_string()));
+        }
         let mut daemon = Daemon {
             child: None,
             port,
             endpoint: format!("tcp://127.0.0.1:{port}"),
-            data_dir: data_dir.to_path_buf(),
+            xsub,
+            xpub,
+            data_dir,
             log_path: dir.path().join("pycomd.log"),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: all,
             args: args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };

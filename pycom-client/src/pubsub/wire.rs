@@ -3,6 +3,8 @@
 //! frames must be. Nothing here touches a socket.
 
 use serde::{Deserialize, Serialize};
+#[allow(unused_imports)]
+use serde_json::Value;
 
 /// The forwarder's interface, served on pycomd's request endpoint.
 pub const INTERFACE: &str = "org.pycom.pubsub";
@@ -24,6 +26,19 @@ pub const MAX_TOPIC_BYTES: usize = 256;
 /// Longest header frame the forwarder accepts, in bytes.
 pub const MAX_HEADER_BYTES: usize = 1024;
 
+// The forwarder's methods on pycomd's request endpoint: pycomd's dispatch
+// and `introspect` answer come from this list.
+crate::interface! {
+    /// pycomd's pub-sub forwarder: where to publish and subscribe, and what it has seen.
+    pub mod api = "org.pycom.pubsub" {
+        /// Counters: messages and bytes in, subscriptions, topics cached, publications dropped (by reason).
+        fn stat() -> Value;
+        /// The topics in the last-value cache, in order, with their sizes: [{topic, bytes}].
+        /// Paged like list_services: extensions["org.pycom.pubsub"].next is the next page's after.
+        fn topics(; limit: u64, after: String) -> Value;
+    }
+}
+
 /// Why a topic is not one: `None` if it is.
 pub fn topic_problem(topic: &str) -> Option<String> {
     if topic.len() > MAX_TOPIC_BYTES {
@@ -37,7 +52,9 @@ pub fn topic_problem(topic: &str) -> Option<String> {
     }
     for token in topic.split('.') {
         if token.is_empty() {
-            return Some(format!("topic '{topic}' has an empty token (tokens are separated by single dots)"));
+            return Some(format!(
+                "topic '{topic}' has an empty token (tokens are separated by single dots)"
+            ));
         }
         if token.contains(['*', '>']) {
             return Some(format!(
@@ -45,7 +62,9 @@ pub fn topic_problem(topic: &str) -> Option<String> {
             ));
         }
         if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Some(format!("topic '{topic}' contains white space or a control character"));
+            return Some(format!(
+                "topic '{topic}' contains white space or a control character"
+            ));
         }
     }
     None
@@ -105,9 +124,7 @@ impl Pattern {
     /// Check a pattern's syntax; the error names the problem.
     pub fn parse(text: &str) -> Result<Pattern, String> {
         if text.is_empty() || text.len() > MAX_TOPIC_BYTES {
-            return Err(format!(
-                "pattern '{text}' must be 1 to {MAX_TOPIC_BYTES} bytes"
-            ));
+            return Err(format!("pattern '{text}' must be 1 to {MAX_TOPIC_BYTES} bytes"));
         }
         let tokens: Vec<&str> = text.split('.').collect();
         for (i, token) in tokens.iter().enumerate() {
@@ -124,7 +141,9 @@ impl Pattern {
                 return Err(format!("pattern '{text}': '>' must be the last token"));
             }
             if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!("pattern '{text}' contains white space or a control character"));
+                return Err(format!(
+                    "pattern '{text}' contains white space or a control character"
+                ));
             }
         }
         let prefix_len = tokens

@@ -1,6 +1,7 @@
 //! One function per subcommand; each talks to pycomd through pycom-client.
 
 mod call;
+mod pubsub;
 mod registry;
 
 use crate::endpoint::{self, Probe};
@@ -181,6 +182,17 @@ fn dispatch(cli: &Cli, ctx: &Context) -> Result<(), Failure> {
                 retries: *retry,
             },
         ),
+        Command::Pub { topic, body, attach } => pubsub::publish(cli, ctx, topic, body, attach),
+        Command::Sub {
+            patterns,
+            last,
+            count,
+        } => pubsub::subscribe(cli, ctx, patterns, *last, *count),
+        Command::Watch {
+            interface,
+            service,
+            count,
+        } => pubsub::watch(cli, ctx, interface.as_deref(), service.as_deref(), *count),
     }
 }
 

@@ -252,6 +252,7 @@ mod tests {
     fn all_pages(registry: &Registry, filter: Value, limit: u64, records: usize) -> (Vec<String>, usize) {
         let (settings, stats) = (Settings::default(), Stats::default());
         let (mut leases, mut replies) = (Leases::default(), Replies::default());
+        let off = crate::pubsub::Started::Off("not in this test".into());
         let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
         loop {
             let mut args = filter.clone();
@@ -267,6 +268,7 @@ mod tests {
                 log_stats: &LogStats::default,
                 now: std::time::Instant::now(),
                 replies: &mut replies,
+                pubsub: &off,
             };
             let args = Args::new("list_services", &args).unwrap();
             let budget = Budget {

@@ -4,7 +4,7 @@ use super::args::{is_valid_name, Args};
 use super::{Context, Plan};
 use crate::registry::Record;
 use pycom_client::proto::{self, Fault};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub fn locate(ctx: &mut Context, args: &Args) -> Plan {
@@ -51,16 +51,34 @@ fn find(ctx: &Context, interface: &str, service: Option<&str>, as_list: bool) ->
             "locate: no live service provides interface '{interface}'"
         )),
     };
+    let at = At {
+        nameserver: Revision {
+            revision: ctx.registry.state().revision(),
+        },
+    };
     if as_list {
         let all = ctx.registry.providers(interface, service, |s| ctx.live(s));
         if all.is_empty() {
             return Err(not_found());
         }
         let views: Vec<_> = all.into_iter().map(Record::view).collect();
-        return Ok(proto::encode_response(Ok(&views), None));
+        return Ok(proto::encode_response_with(Ok(&views), None, Some(&at)));
     }
     ctx.registry
         .pick(interface, service, |s| ctx.live(s))
-        .map(|json| proto::encode_response(Ok(json), None))
+        .map(|json| proto::encode_response_with(Ok(json), None, Some(&at)))
         .ok_or_else(not_found)
+}
+
+/// `extensions["org.pycom.nameserver"] = {"revision": n}`: the revision the
+/// answer was read at (a watcher's starting point).
+#[derive(Serialize)]
+struct At {
+    #[serde(rename = "org.pycom.nameserver")]
+    nameserver: Revision,
+}
+
+#[derive(Serialize)]
+struct Revision {
+    revision: u64,
 }

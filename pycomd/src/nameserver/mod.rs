@@ -6,6 +6,7 @@
 //! deadline, which is not state.
 
 mod args;
+mod changes;
 mod introspect;
 mod list_services;
 mod locate;
@@ -64,6 +65,8 @@ pub struct Context<'a> {
     pub log_stats: &'a dyn Fn() -> LogStats,
     pub now: Instant,
     pub replies: &'a mut Replies,
+    /// The pub-sub forwarder, for `stat`.
+    pub pubsub: &'a crate::pubsub::Started,
 }
 
 /// Big replies: the last one made, for a client asking the same again at
@@ -201,6 +204,7 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Pla
         "renew" => renew::renew(ctx, &args),
         "unregister" => unregister::unregister(ctx, &args),
         "locate" => locate::locate(ctx, &args),
+        "changes" => changes::changes(ctx, &args),
         _ => list_services::list_services(ctx, &args, args_key),
     }
 }

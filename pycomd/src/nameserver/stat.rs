@@ -21,6 +21,15 @@ struct Stat {
     /// Bytes of big replies (shared, or cached) not yet taken by their peers.
     pending_reply_bytes: usize,
     store: LogStats,
+    pubsub: Pubsub,
+}
+
+/// The forwarder's counters, or why it does not run.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Pubsub {
+    Running(crate::pubsub::methods::PubsubStat),
+    Off { off: String },
 }
 
 pub fn stat(ctx: &mut Context) -> Plan {
@@ -38,5 +47,9 @@ pub fn stat(ctx: &mut Context) -> Plan {
         dropped_replies: stats.dropped_replies,
         pending_reply_bytes: ctx.replies.pending_bytes(),
         store: (ctx.log_stats)(),
+        pubsub: match ctx.pubsub {
+            crate::pubsub::Started::Running(forwarder) => Pubsub::Running(forwarder.stat()),
+            crate::pubsub::Started::Off(why) => Pubsub::Off { off: why.clone() },
+        },
     }))
 }

@@ -11,6 +11,7 @@
 //! deadlines. [`Registry`] pairs the state with the index `locate` reads.
 
 pub mod command;
+pub mod history;
 mod index;
 pub mod record;
 
@@ -280,6 +281,8 @@ pub struct Registry {
     index: index::Index,
     /// Every service name in order, for `list_services` and its pages.
     ordered: BTreeSet<Arc<str>>,
+    /// The recent changes, for `changes`.
+    history: history::History,
 }
 
 impl Registry {
@@ -318,12 +321,19 @@ impl Registry {
             (Err(panic), _) | (_, Err(panic)) => std::panic::resume_unwind(panic),
         };
         let own = own.into_iter().map(|r| (r.service.to_string(), r)).collect();
+        let defaults = crate::config::Settings::default();
+        let history = history::History::new(
+            state.revision(),
+            defaults.changes_retained,
+            defaults.changes_retained_bytes,
+        );
         (
             Registry {
                 state,
                 own,
                 index,
                 ordered,
+                history,
             },
             extra,
         )
@@ -336,6 +346,7 @@ impl Registry {
     pub fn apply(&mut self, command: &Command) -> Outcome {
         let outcome = self.state.apply(command);
         for change in &outcome.1 {
+            self.history.push(change);
             match change.kind {
                 ChangeKind::Registered => {
                     self.ordered.insert(change.record.service.clone());
@@ -352,6 +363,16 @@ impl Registry {
             }
         }
         outcome
+    }
+
+    /// The recent changes (`changes`).
+    pub fn history(&self) -> &history::History {
+        &self.history
+    }
+
+    /// Bound the recent changes kept (`changes_retained`, `_bytes`).
+    pub fn set_history_limits(&mut self, max_changes: usize, max_bytes: usize) {
+        self.history.set_limits(max_changes, max_bytes);
     }
 
     /// Number of records, pycomd's own included.

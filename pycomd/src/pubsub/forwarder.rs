@@ -1,0 +1,366 @@
+//! The forwarder's thread: publications in on XSUB, out on XPUB,
+//! subscriptions seen on XPUB (verbose) answered with readiness and replays.
+//!
+//! Nothing here waits on a peer: XPUB drops a slow subscriber's messages
+//! at its high-water mark, XSUB stops reading a publisher at its own, and
+//! every publication is checked (frames, size, topic, header) before it is
+//! forwarded or cached. Publications of pycomd's own (registry events)
+//! come from the server thread on an inproc socket, already made.
+
+use super::lvc::Lvc;
+use pycom_client::pubsub::wire::{self, topic_problem};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// Messages taken from one socket before the others get a turn.
+const BURST: usize = 1024;
+/// Most frames a publication may have (topic, header, body, attachments).
+pub const MAX_FRAMES: usize = 67;
+
+/// What the forwarder and the server share: counters, the cache, a limit.
+pub struct Shared {
+    pub counters: Counters,
+    pub lvc: Mutex<Lvc>,
+    /// The top-level `max_message_bytes` (a SIGHUP may change it).
+    pub max_message_bytes: AtomicUsize,
+}
+
+impl Shared {
+    /// The cache, even if a thread panicked holding it (it is plain data,
+    /// consistent after every call).
+    pub fn lvc(&self) -> MutexGuard<'_, Lvc> {
+        self.lvc.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The forwarder's counters, as `stat` reports them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Publications taken in from publishers (valid ones).
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Subscriptions in place now (subscribe minus unsubscribe messages).
+    pub subscriptions: AtomicI64,
+    /// Subscribe messages seen (XPUB_VERBOSE: duplicates too).
+    pub subscribe_messages: AtomicU64,
+    /// Readiness handshakes answered.
+    pub ready_answered: AtomicU64,
+    /// Cached publications re-sent to new subscriptions.
+    pub replays: AtomicU64,
+    /// Registry events published by pycomd itself.
+    pub events_published: AtomicU64,
+    /// Registry events lost because the forwarder was far behind.
+    pub events_dropped: AtomicU64,
+    /// Publications on `org.pycom.` topics from outside.
+    pub dropped_reserved: AtomicU64,
+    /// Publications over `max_message_bytes`.
+    pub dropped_oversize: AtomicU64,
+    /// Publications with missing frames, a bad topic or header.
+    pub dropped_malformed: AtomicU64,
+    /// Messages on XPUB that were no subscription.
+    pub dropped_upstream: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The header fields the forwarder checks; the rest passes unread.
+#[derive(Deserialize)]
+struct HeaderCheck<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    src: std::borrow::Cow<'a, str>,
+    #[allow(dead_code)]
+    seq: u64,
+    #[allow(dead_code)]
+    ts: u64,
+    #[serde(default)]
+    replay: Option<serde::de::IgnoredAny>,
+}
+
+pub struct Forwarder {
+    pub xsub: zmq::Socket,
+    pub xpub: zmq::Socket,
+    /// pycomd's own publications, and the stop message (one frame).
+    pub own: zmq::Socket,
+    pub shared: Arc<Shared>,
+    /// This forwarder's `src`, for readiness messages: new every start.
+    pub src: String,
+    /// Frames of the message being received, reused.
+    pub frames: Vec<zmq::Message>,
+    /// When a dropped publication was last logged.
+    pub drops_logged: Option<Instant>,
+}
+
+impl Forwarder {
+    pub fn run(mut self) {
+        loop {
+            let (publications, subscriptions, own) = {
+                let mut items = [
+                    self.xsub.as_poll_item(zmq::POLLIN),
+                    self.xpub.as_poll_item(zmq::POLLIN),
+                    self.own.as_poll_item(zmq::POLLIN),
+                ];
+                match zmq::poll(&mut items, -1) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => {
+                        warn!("pub-sub forwarder: poll failed: {e}");
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                }
+                (
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    items[2].is_readable(),
+                )
+            };
+            if own && !self.forward_own() {
+                return;
+            }
+            if publications {
+                self.forward_publications();
+            }
+            if subscriptions {
+                self.handle_subscriptions();
+            }
+        }
+    }
+
+    /// Receive one multipart message into `self.frames` (at most
+    /// [`MAX_FRAMES`] kept; the rest read and counted). `None`: nothing
+    /// waiting. `Some(total)`: the frames seen.
+    fn receive(&mut self, socket: Which) -> Option<(usize, usize)> {
+        self.frames.clear();
+        let socket = match socket {
+            Which::Xsub => &self.xsub,
+            Which::Xpub => &self.xpub,
+            Which::Own => &self.own,
+        };
+        let (mut count, mut bytes) = (0usize, 0usize);
+        let mut flags = zmq::DONTWAIT;
+        loop {
+            let mut msg = zmq::Message::new();
+            if socket.recv(&mut msg, flags).is_err() {
+                // Nothing waiting (or, mid-message, gone: drop what came).
+                return (count > 0).then_some((count, bytes));
+            }
+            // The rest of a multipart message is already here.
+            flags = 0;
+            count += 1;
+            bytes += msg.len();
+            let more = msg.get_more();
+            if self.frames.len() < MAX_FRAMES {
+                self.frames.push(msg);
+            }
+            if !more {
+                return Some((count, bytes));
+            }
+        }
+    }
+
+    fn forward_publications(&mut self) {
+        for _ in 0..BURST {
+            let Some((count, bytes)) = self.receive(Which::Xsub) else {
+                return;
+            };
+            let problem = self.check(count, bytes);
+            if let Some((counter, why)) = problem {
+                add(counter_of(&self.shared.counters, counter), 1);
+                self.log_drop(&why);
+                continue;
+            }
+            add(&self.shared.counters.messages_in, 1);
+            add(&self.shared.counters.bytes_in, bytes as u64);
+            let topic = std::str::from_utf8(&self.frames[0]).unwrap_or_default();
+            self.shared
+                .lvc()
+                .put(topic, self.frames[1..].iter().map(|m| &m[..]));
+            self.send_frames();
+        }
+    }
+
+    /// Why the publication in `self.frames` is not forwarded, if it is not.
+    fn check(&self, count: usize, bytes: usize) -> Option<(Drop, String)> {
+        let max = self.shared.max_message_bytes.load(Ordering::Relaxed);
+        if bytes > max {
+            return Some((
+                Drop::Oversize,
+                format!("a publication of {bytes} bytes exceeds max_message_bytes = {max}"),
+            ));
+        }
+        if !(3..=MAX_FRAMES).contains(&count) {
+            return Some((
+                Drop::Malformed,
+                format!("a publication has {count} frames; it needs topic, header, body and at most {} attachments", MAX_FRAMES - 3),
+            ));
+        }
+        let Ok(topic) = std::str::from_utf8(&self.frames[0]) else {
+            return Some((Drop::Malformed, "a publication's topic is not UTF-8".into()));
+        };
+        if let Some(problem) = topic_problem(topic) {
+            return Some((Drop::Malformed, format!("a publication was dropped: {problem}")));
+        }
+        if topic.starts_with(wire::RESERVED) {
+            return Some((
+                Drop::Reserved,
+                format!(
+                    "a publication on '{topic}' was dropped: topics under {} are pycomd's own",
+                    wire::RESERVED
+                ),
+            ));
+        }
+        let header = &self.frames[1];
+        if header.len() > wire::MAX_HEADER_BYTES {
+            return Some((
+                Drop::Malformed,
+                format!(
+                    "a publication on '{topic}' has a header over {} bytes",
+                    wire::MAX_HEADER_BYTES
+                ),
+            ));
+        }
+        match serde_json::from_slice::<HeaderCheck>(header) {
+            Ok(check) if check.replay.is_some() => {
+                return Some((
+                    Drop::Malformed,
+                    format!("a publication on '{topic}' sets 'replay', which only the forwarder sets"),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Some((
+                    Drop::Malformed,
+                    format!("a publication on '{topic}' has a bad header (needs {{src, seq, ts}}): {e}"),
+                ));
+            }
+        }
+        if std::str::from_utf8(&self.frames[2]).is_err() {
+            return Some((
+                Drop::Malformed,
+                format!("a publication on '{topic}' has a body that is not UTF-8"),
+            ));
+        }
+        None
+    }
+
+    /// Send `self.frames` on XPUB. A subscriber at its high-water mark
+    /// loses it there; XPUB never blocks.
+    fn send_frames(&mut self) {
+        let last = self.frames.len().saturating_sub(1);
+        for (i, frame) in self.frames.drain(..).enumerate() {
+            let flags = if i < last { zmq::SNDMORE } else { 0 };
+            if let Err(e) = self.xpub.send(frame, flags | zmq::DONTWAIT) {
+                debug!("pub-sub forwarder: send failed: {e}");
+                return;
+            }
+        }
+    }
+
+    fn send_owned(&self, topic: &[u8], frames: &[Vec<u8>]) {
+        let _ = self.xpub.send(topic, zmq::SNDMORE | zmq::DONTWAIT);
+        let last = frames.len().saturating_sub(1);
+        for (i, frame) in frames.iter().enumerate() {
+            let flags = if i < last { zmq::SNDMORE } else { 0 };
+            let _ = self.xpub.send(&frame[..], flags | zmq::DONTWAIT);
+        }
+    }
+
+    /// pycomd's own publications go out as they are. `false` on the stop
+    /// message.
+    fn forward_own(&mut self) -> bool {
+        for _ in 0..BURST {
+            match self.receive(Which::Own) {
+                None => return true,
+                Some((1, _)) => return false,
+                Some(_) => {
+                    add(&self.shared.counters.events_published, 1);
+                    self.send_frames();
+                }
+            }
+        }
+        true
+    }
+
+    fn handle_subscriptions(&mut self) {
+        for _ in 0..BURST {
+            let Some((count, _)) = self.receive(Which::Xpub) else {
+                return;
+            };
+            let counters = &self.shared.counters;
+            let frame = &self.frames[0];
+            let subscribe = match frame.first() {
+                Some(1) if count == 1 => true,
+                Some(0) if count == 1 => false,
+                _ => {
+                    add(&counters.dropped_upstream, 1);
+                    continue;
+                }
+            };
+            if !subscribe {
+                counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+            add(&counters.subscribe_messages, 1);
+            let Ok(prefix) = std::str::from_utf8(&frame[1..]).map(str::to_string) else {
+                continue;
+            };
+            if prefix.starts_with(wire::READY_PREFIX) && prefix.len() > wire::READY_PREFIX.len() {
+                let header = wire::Header {
+                    src: self.src.clone(),
+                    seq: 1,
+                    ts: wire::now_ms(),
+                    replay: false,
+                };
+                self.send_owned(prefix.as_bytes(), &[header.encode(), b"null".to_vec()]);
+                add(&counters.ready_answered, 1);
+                continue;
+            }
+            let replays = self.shared.lvc().replays(&prefix);
+            add(&self.shared.counters.replays, replays.len() as u64);
+            for replay in replays {
+                self.send_owned(replay.topic.as_bytes(), &replay.frames);
+            }
+        }
+    }
+
+    fn log_drop(&mut self, why: &str) {
+        debug!("pub-sub: {why}");
+        // One line a second at most, however hard a peer floods.
+        if self
+            .drops_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.drops_logged = Some(Instant::now());
+            warn!("pub-sub: {why} (counted in stat; further drops this second are not logged)");
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Xsub,
+    Xpub,
+    Own,
+}
+
+#[derive(Clone, Copy)]
+enum Drop {
+    Oversize,
+    Malformed,
+    Reserved,
+}
+
+fn counter_of(counters: &Counters, drop: Drop) -> &AtomicU64 {
+    match drop {
+        Drop::Oversize => &counters.dropped_oversize,
+        Drop::Malformed => &counters.dropped_malformed,
+        Drop::Reserved => &counters.dropped_reserved,
+    }
+}
