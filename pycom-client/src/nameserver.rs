@@ -45,6 +45,9 @@ pub struct RecordState {
     pub ttl_ms: Option<u64>,
     /// What is left of the lease, for leased records.
     pub lease_left_ms: Option<u64>,
+    /// For probed records: probes of its address unanswered in a row now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_failures: Option<u32>,
 }
 
 // The one list of the nameserver's methods: the typed client below,

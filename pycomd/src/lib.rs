@@ -151,6 +151,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         applied: last,
         pubsub,
         events,
+        probe_failures: Default::default(),
     };
     server.probe_all();
 

@@ -36,6 +36,13 @@ pub enum Event {
         address: String,
         revision: u64,
     },
+    /// Probes of an address went unanswered this many times in a row
+    /// (0: it answered again, or is no longer probed), for `list_services`
+    /// with `long`.
+    ProbeFailures {
+        address: String,
+        failures: u32,
+    },
     Signal(Signal),
 }
 

@@ -336,6 +336,12 @@ impl Prober {
         for service in peer.records.keys() {
             self.by_service.remove(service);
         }
+        if peer.records.values().any(|w| w.failures > 0) {
+            self.events.post(Event::ProbeFailures {
+                address: peer.address.clone(),
+                failures: 0,
+            });
+        }
         match peer.link {
             Link::Closed => {
                 self.waiting.remove(&(peer.due, id));
@@ -457,13 +463,19 @@ impl Prober {
         };
         let limit = self.settings.failures;
         let mut unreachable = Vec::new();
+        let mut worst = 0;
         for (service, watched) in peer.records.iter_mut() {
             watched.failures += 1;
+            worst = worst.max(watched.failures);
             debug!(%service, address = %peer.address, failures = watched.failures, "probe unanswered");
             if watched.failures >= limit {
                 unreachable.push(service.clone());
             }
         }
+        self.events.post(Event::ProbeFailures {
+            address: peer.address.clone(),
+            failures: if unreachable.len() == peer.records.len() { 0 } else { worst },
+        });
         for service in unreachable {
             if let Some(watched) = peer.records.remove(&service) {
                 self.by_service.remove(&service);
@@ -699,8 +711,15 @@ impl Prober {
         if probing != slot {
             return;
         }
+        let failed_before = peer.records.values().any(|w| w.failures > 0);
         for watched in peer.records.values_mut() {
             watched.failures = 0;
+        }
+        if failed_before {
+            self.events.post(Event::ProbeFailures {
+                address: peer.address.clone(),
+                failures: 0,
+            });
         }
         peer.link = Link::Open { slot };
         peer.due = peer.due.max(now);

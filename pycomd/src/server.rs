@@ -68,6 +68,8 @@ pub struct Server {
     pub pubsub: pubsub::Started,
     /// Where registry changes are published (when pub-sub runs).
     pub events: Option<pubsub::Events>,
+    /// Addresses whose last probes went unanswered, and how many in a row.
+    pub probe_failures: crate::registry::Map<String, u32>,
 }
 
 /// How the server stopped.
@@ -243,6 +245,7 @@ impl Server {
             now,
             replies: &mut self.replies,
             pubsub: &self.pubsub,
+            probe_failures: &self.probe_failures,
         };
         let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
         debug!(method = %request.method, "request");
@@ -341,6 +344,13 @@ impl Server {
                 } => {
                     debug!(%service, %address, "probes unanswered");
                     self.propose(Command::ProbeFailed { service, revision }, None);
+                }
+                Event::ProbeFailures { address, failures } => {
+                    if failures == 0 {
+                        self.probe_failures.remove(&address);
+                    } else {
+                        self.probe_failures.insert(address, failures);
+                    }
                 }
                 Event::SnapshotDue { upto } => {
                     // Events come in the order posted: the entries up to

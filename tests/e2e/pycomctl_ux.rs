@@ -316,3 +316,48 @@ fn list_services_long_shows_how_each_record_is_kept() {
         "{table}"
     );
 }
+
+#[test]
+fn list_services_long_counts_unanswered_probes() {
+    let d = Daemon::with(
+        &[
+            ("PYCOMD_PROBE_INTERVAL_MS", "100"),
+            ("PYCOMD_PROBE_TIMEOUT_MS", "100"),
+            ("PYCOMD_PROBE_FAILURES", "1000"),
+        ],
+        &[],
+    );
+    let echo = pycom_e2e::EchoService::start();
+    let dead = format!("tcp://127.0.0.1:{}", pycom_e2e::free_port());
+    let mut ns = d.ns();
+    ns.register(&pycom_e2e::probed("/fails/dead", &dead, &["fails"]))
+        .expect("register a probed record at a dead address");
+    ns.register(&pycom_e2e::probed("/fails/live", &echo.endpoint, &["fails"]))
+        .expect("register a probed record at a live one");
+    let failures = |service: &str| -> Option<u64> {
+        let out = ctl(
+            &d,
+            &[
+                "--output",
+                "json",
+                "list-services",
+                "--service",
+                service,
+                "--long",
+            ],
+        );
+        let listed: Vec<Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        listed.first()?["state"]["probe_failures"].as_u64()
+    };
+    // Asked the same again and again: the count moves (a long list is not
+    // a cached reply, though the revision stays the same).
+    assert!(
+        pycom_e2e::wait_until(std::time::Duration::from_secs(10), || failures("/fails/dead")
+            .is_some_and(|n| n >= 3)),
+        "the dead address's failures are counted: {}",
+        stdout(&ctl(&d, &["list-services", "--long"]))
+    );
+    assert_eq!(failures("/fails/live"), Some(0), "a live address has none");
+    let table = stdout(&ctl(&d, &["list-services", "--long", "--service", "/fails/"]));
+    assert!(table.contains("PROBES FAILED"), "{table}");
+}

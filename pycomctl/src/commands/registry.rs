@@ -155,6 +155,9 @@ fn print_long(services: &[ServiceInfo]) -> std::io::Result<()> {
                 None => "-".into(),
             };
             let revision = state.map_or("-".to_string(), |st| st.revision.to_string());
+            let failures = state
+                .and_then(|st| st.probe_failures)
+                .map_or("-".to_string(), |n| n.to_string());
             let meta: Vec<String> = s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
             vec![
                 s.service.clone(),
@@ -162,6 +165,7 @@ fn print_long(services: &[ServiceInfo]) -> std::io::Result<()> {
                 s.interfaces.join(","),
                 kept_by,
                 left,
+                failures,
                 revision,
                 meta.join(","),
             ]
@@ -174,6 +178,7 @@ fn print_long(services: &[ServiceInfo]) -> std::io::Result<()> {
             "INTERFACES",
             "KEPT BY",
             "LEASE LEFT",
+            "PROBES FAILED",
             "REVISION",
             "METADATA",
         ],

@@ -56,7 +56,10 @@ pub fn list_services(ctx: &mut Context, args: &Args, key: &str) -> Plan {
         )));
     }
     let revision = ctx.registry.state().revision();
-    ctx.replies.keep(revision, key, bytes, fault)
+    // A long list says what is left of leases and how probes went: not the
+    // same at the same revision a moment later.
+    let long = matches!(args.opt_bool("long"), Ok(Some(true)));
+    ctx.replies.keep(revision, key, bytes, fault, !long)
 }
 
 /// A record with `long: true`: how it is kept alive, and its version.
@@ -74,6 +77,9 @@ struct KeptBy {
     kept_by: &'static str,
     ttl_ms: Option<u64>,
     lease_left_ms: Option<u64>,
+    /// Probed records: the probes of its address unanswered in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probe_failures: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -161,6 +167,10 @@ fn run_within(ctx: &Context, args: &Args, budget: Budget) -> Result<Vec<u8>, Fau
                     .leases
                     .left(&record.service, ctx.now)
                     .map(|d| d.as_millis() as u64),
+                probe_failures: record
+                    .ttl_ms
+                    .is_none()
+                    .then(|| ctx.probe_failures.get(&record.address).copied().unwrap_or(0)),
             };
             serde_json::to_writer(
                 &mut out,
@@ -269,6 +279,7 @@ mod tests {
                 now: std::time::Instant::now(),
                 replies: &mut replies,
                 pubsub: &off,
+                probe_failures: &Default::default(),
             };
             let args = Args::new("list_services", &args).unwrap();
             let budget = Budget {

@@ -67,6 +67,8 @@ pub struct Context<'a> {
     pub replies: &'a mut Replies,
     /// The pub-sub forwarder, for `stat`.
     pub pubsub: &'a crate::pubsub::Started,
+    /// Consecutive unanswered probes by address (`list_services` long).
+    pub probe_failures: &'a crate::registry::Map<String, u32>,
 }
 
 /// Big replies: the last one made, for a client asking the same again at
@@ -92,14 +94,17 @@ impl Replies {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Make `bytes` a reply, shared and counted if big, and remember it.
-    pub fn keep(&mut self, revision: u64, args: &str, bytes: Vec<u8>, fault: bool) -> Plan {
+    /// Make `bytes` a reply, shared and counted if big, and remember it
+    /// unless it reads more than the revision says (the clock: leases left).
+    pub fn keep(&mut self, revision: u64, args: &str, bytes: Vec<u8>, fault: bool, remember: bool) -> Plan {
         let body = if bytes.len() >= SHARED_REPLY_BYTES {
             Body::Shared(SharedBody::new(bytes, &self.pending))
         } else {
             Body::Owned(bytes)
         };
-        self.last = Some((revision, args.to_string(), body.clone(), fault));
+        if remember {
+            self.last = Some((revision, args.to_string(), body.clone(), fault));
+        }
         Plan::Body { body, fault }
     }
 }
