@@ -472,10 +472,13 @@ impl Prober {
                 unreachable.push(service.clone());
             }
         }
-        self.events.post(Event::ProbeFailures {
-            address: peer.address.clone(),
-            failures: if unreachable.len() == peer.records.len() { 0 } else { worst },
-        });
+        // A record dropped takes its count with it (the server forgets it).
+        if unreachable.len() < peer.records.len() {
+            self.events.post(Event::ProbeFailures {
+                address: peer.address.clone(),
+                failures: worst,
+            });
+        }
         for service in unreachable {
             if let Some(watched) = peer.records.remove(&service) {
                 self.by_service.remove(&service);

@@ -410,6 +410,7 @@ impl Server {
                 events.publish(change);
             }
             if change.removes() {
+                self.probe_failures.remove(&record.address);
                 self.leases.revoke(&record.service);
                 let _ = self.prober.send(ProbeCmd::Unwatch {
                     service: record.service.to_string(),
