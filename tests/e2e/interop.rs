@@ -12,7 +12,7 @@
 use pycom_client::service::{Interface, Method, Reply, Service};
 use pycom_client::{Binary, Code, Context, Fault};
 use pycom_e2e::fixtures::{calc, Calc};
-use pycom_e2e::{free_port, wait_until, Daemon};
+use pycom_e2e::{free_port, wait_until, Daemon, Streamed};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -337,4 +337,83 @@ fn a_pyzmq_publisher_and_subscriber_work_through_pycomd() {
     let Some(python) = python() else { return };
     let d = Daemon::start();
     run_script(&python, "pyzmq_pubsub.py", &[&d.endpoint, "roundtrip"]);
+}
+
+/// A pyzmq-only subscriber (pyzmq_pubsub.py subscribe) receives what a
+/// pycom-client Publisher publishes: topic, header (src, seq from 1, ts)
+/// and body as PROTOCOL.md 5 says, in order, none missing.
+#[test]
+fn a_pyzmq_subscriber_receives_a_rust_publishers_messages() {
+    let Some(python) = python() else { return };
+    let d = Daemon::start();
+    let count = 500u64;
+    let topic = "interop.rs2py";
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let mut publisher = ctx.publisher(topic).unwrap();
+    let mut py = Streamed::spawn(Command::new(&python).arg(script("pyzmq_pubsub.py")).args([
+        d.endpoint.as_str(),
+        "subscribe",
+        topic,
+        &count.to_string(),
+    ]));
+    py.wait_stdout("READY", Duration::from_secs(20));
+    for n in 1..=count {
+        assert_eq!(publisher.publish(&n).unwrap(), n);
+    }
+    let status = py.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success() && py.out.iter().any(|l| l == "ALL OK"),
+        "the Python subscriber failed ({status}); {}",
+        py.output()
+    );
+}
+
+/// A pycom-client Subscriber receives a pyzmq-only publisher's messages
+/// (pyzmq_pubsub.py publish) in order, with no gap.
+#[test]
+fn a_rust_subscriber_receives_a_pyzmq_publishers_messages() {
+    let Some(python) = python() else { return };
+    let d = Daemon::start();
+    let count = 500u64;
+    let topic = "interop.py2rs";
+    let ctx = Context::new(&d.endpoint).unwrap();
+    let mut sub = ctx
+        .subscriber()
+        .pattern("interop.>")
+        .gaps(pycom_client::GapPolicy::Error)
+        .connect()
+        .unwrap();
+    let mut py = Streamed::spawn(Command::new(&python).arg(script("pyzmq_pubsub.py")).args([
+        d.endpoint.as_str(),
+        "publish",
+        topic,
+        &count.to_string(),
+    ]));
+    let mut src = None;
+    for n in 1..=count {
+        let m = match sub.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(m)) => m,
+            Ok(None) => panic!("message {n} of {count} did not come; {}", py.output()),
+            Err(e) => panic!("message {n} of {count}: {e}; {}", py.output()),
+        };
+        assert_eq!((m.topic.as_str(), m.seq, m.replay), (topic, n, false));
+        assert_eq!(m.value::<u64>().unwrap(), n);
+        assert!(m.ts > 0 && m.attachments.is_empty());
+        assert_eq!(src.get_or_insert_with(|| m.src.clone()), &m.src, "one publisher");
+    }
+    let stats = sub.stats().total;
+    assert_eq!(
+        (stats.received, stats.gaps, stats.missed, stats.duplicates),
+        (count, 0, 0, 0)
+    );
+    let status = py.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success() && py.out.iter().any(|l| l == "ALL OK"),
+        "the Python publisher failed ({status}); {}",
+        py.output()
+    );
+    assert!(
+        sub.recv_timeout(Duration::from_millis(200)).unwrap().is_none(),
+        "nothing more than it published"
+    );
 }

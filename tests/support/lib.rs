@@ -377,3 +377,148 @@ impl Drop for EchoService {
         }
     }
 }
+
+/// A child process whose stdout and stderr are read line by line as they
+/// come (so a test can wait for "READY" or "subscribed" before acting),
+/// killed when dropped.
+pub struct Streamed {
+    child: Child,
+    what: String,
+    out_rx: std::sync::mpsc::Receiver<String>,
+    err_rx: std::sync::mpsc::Receiver<String>,
+    /// Every stdout line so far.
+    pub out: Vec<String>,
+    /// Every stderr line so far.
+    pub err: Vec<String>,
+}
+
+impl Streamed {
+    /// Start `cmd` with its stdout and stderr piped (stdin closed).
+    pub fn spawn(cmd: &mut Command) -> Streamed {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        fn pump(stream: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        }
+        let out_rx = pump(child.stdout.take().expect("stdout"));
+        let err_rx = pump(child.stderr.take().expect("stderr"));
+        Streamed {
+            child,
+            what,
+            out_rx,
+            err_rx,
+            out: Vec::new(),
+            err: Vec::new(),
+        }
+    }
+
+    /// Take the lines that arrived so far.
+    fn take(&mut self) {
+        self.out.extend(self.out_rx.try_iter());
+        self.err.extend(self.err_rx.try_iter());
+    }
+
+    /// Wait until a stdout line contains `needle`; panics (with all the
+    /// output) after `timeout` or when the process exits first.
+    pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(false, needle, timeout)
+    }
+
+    /// Wait until a stderr line contains `needle` (as `wait_stdout`).
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_line(true, needle, timeout)
+    }
+
+    fn wait_line(&mut self, stderr: bool, needle: &str, timeout: Duration) -> String {
+        let find = |s: &Streamed| {
+            let lines = if stderr { &s.err } else { &s.out };
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        };
+        let mut exited = None;
+        wait_until(timeout, || {
+            self.take();
+            if find(self).is_some() {
+                return true;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // What it printed last may still be in the pipes.
+                self.drain(Instant::now() + Duration::from_secs(2));
+                exited = Some(status);
+                return true;
+            }
+            false
+        });
+        self.take();
+        if let Some(line) = find(self) {
+            return line;
+        }
+        let how = match exited {
+            Some(status) => format!("exited ({status}) without printing"),
+            None => format!("did not print within {timeout:?}"),
+        };
+        let output = self.output();
+        panic!("{} {how} '{needle}'; {output}", self.what);
+    }
+
+    /// Read both pipes to their end (the process has exited), until `deadline`.
+    fn drain(&mut self, deadline: Instant) {
+        for (rx, lines) in [(&self.out_rx, &mut self.out), (&self.err_rx, &mut self.err)] {
+            while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                lines.push(line);
+            }
+        }
+    }
+
+    /// Wait for the process to exit and for the rest of its output; panics
+    /// (killing it) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let output = self.output();
+                panic!("{} was still running after {timeout:?}; {output}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The pipes close with the process: read them to their end.
+        self.drain(Instant::now() + Duration::from_secs(2));
+        status
+    }
+
+    /// Everything it printed so far, for assertion messages.
+    pub fn output(&mut self) -> String {
+        self.take();
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.out.join("\n"),
+            self.err.join("\n")
+        )
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
