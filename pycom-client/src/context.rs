@@ -193,6 +193,17 @@ impl Locator for Context {
     }
 }
 
+/// A code 7 whose cluster extension says the write was not applied.
+fn not_applied(response: &crate::proto::Response) -> bool {
+    matches!(&response.result, Err(fault) if fault.code == crate::Code::Unavailable)
+        && response
+            .extensions
+            .get("org.pycom.cluster")
+            .and_then(|c| c.get("outcome"))
+            .and_then(Value::as_str)
+            == Some("not_applied")
+}
+
 /// Calls to whichever configured nameserver answers.
 pub struct NameserverHandle {
     ctx: Context,
@@ -223,6 +234,14 @@ impl Invoker for NameserverHandle {
                 Err(e) if e.is_unreachable() => {
                     tracing::debug!(nameserver = %inner.nameservers[index], "nameserver unreachable: {e}");
                     last_error = Some(e);
+                }
+                // A cluster member that could not take the write (no
+                // leader it can reach): it certainly did not happen, so
+                // another member may be asked. An `unknown` outcome is the
+                // caller's to resolve: it may still commit.
+                Ok(response) if k + 1 < n && not_applied(&response) => {
+                    tracing::debug!(nameserver = %inner.nameservers[index], "write not applied; trying the next nameserver");
+                    self.ctx.return_connection(index, conn);
                 }
                 outcome => {
                     inner.preferred.store(index, Ordering::Relaxed);

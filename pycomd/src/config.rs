@@ -70,6 +70,80 @@ pub struct Settings {
     pub changes_retained_bytes: usize,
     /// The pub-sub forwarder (`[pubsub]`).
     pub pubsub: PubsubSettings,
+    /// Membership of a replicated cluster (`[cluster]`); none: a single
+    /// node, as without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: this node's place in a replicated registry (PROTOCOL.md 9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id: an integer never reused for another node.
+    pub node_id: u64,
+    /// Where this node takes Raft traffic from the others: `host:port`.
+    pub peer_listen: String,
+    /// The initial members (this node among them): nodes started with the
+    /// same members form the cluster with no further command.
+    pub members: std::collections::BTreeMap<String, Member>,
+    /// A write not committed within this long answers code 7.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Leader heartbeats; elections start after 8 to 16 of them missed.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+}
+
+/// One member of the cluster: how peers and clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Its Raft endpoint, `host:port`.
+    pub peer: String,
+    /// Its request endpoint, `tcp://host:port`.
+    pub client: String,
+}
+
+fn default_write_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+
+impl ClusterSettings {
+    /// The members by id, checked: ids are integers, this node is one.
+    pub fn member_ids(&self) -> Result<std::collections::BTreeMap<u64, Member>, String> {
+        let mut members = std::collections::BTreeMap::new();
+        for (id, member) in &self.members {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| format!("cluster.members: '{id}' is not a node id (an integer)"))?;
+            if !member.client.contains("://") {
+                return Err(format!(
+                    "cluster.members.{id}.client = '{}' is not a ZeroMQ endpoint (expected e.g. tcp://127.0.0.1:2012)",
+                    member.client
+                ));
+            }
+            if member.peer.parse::<std::net::SocketAddr>().is_err() && !member.peer.contains(':') {
+                return Err(format!(
+                    "cluster.members.{id}.peer = '{}' is not host:port",
+                    member.peer
+                ));
+            }
+            members.insert(id, member.clone());
+        }
+        if !members.contains_key(&self.node_id) {
+            return Err(format!(
+                "cluster.node_id = {} is not one of cluster.members ({})",
+                self.node_id,
+                members.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Ok(members)
+    }
 }
 
 /// `[pubsub]`: the forwarder (PROTOCOL.md 5).
@@ -144,6 +218,7 @@ impl Default for Settings {
             changes_retained: 100_000,
             changes_retained_bytes: 64 * 1024 * 1024,
             pubsub: PubsubSettings::default(),
+            cluster: None,
         }
     }
 }
@@ -296,6 +371,12 @@ impl Settings {
                 return Err(format!(
                     "{name} = '{endpoint}' is not a ZeroMQ endpoint (expected e.g. tcp://127.0.0.1:2013)"
                 ));
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.member_ids()?;
+            if cluster.heartbeat_ms == 0 || cluster.write_timeout_ms == 0 {
+                return Err("cluster.heartbeat_ms and cluster.write_timeout_ms must be at least 1".into());
             }
         }
         if self.log_segment_bytes < 4096 || self.snapshot_log_bytes < 4096 {

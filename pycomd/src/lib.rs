@@ -16,6 +16,7 @@
 //!
 //! [`run`] is the whole daemon; `main.rs` only parses flags and sets up logs.
 
+pub mod cluster;
 pub mod config;
 pub mod leases;
 pub mod limits;
@@ -61,6 +62,11 @@ pub enum Failure {
 /// Run pycomd until SIGTERM or SIGINT.
 pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     limits::raise_nofile();
+    if settings.cluster.is_some() {
+        return Err(Failure::Start(
+            "[cluster] is set, but this build of pycomd runs as a single node only (replication is being built: issue 10); remove [cluster] to run".into(),
+        ));
+    }
     let started = Instant::now();
     let sync = !settings.unsafe_no_fsync;
     if !sync {
@@ -152,6 +158,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         pubsub,
         events,
         probe_failures: Default::default(),
+        cluster: None,
     };
     server.probe_all();
 

@@ -20,7 +20,11 @@ pub enum Event {
     NotDurable {
         proposals: Vec<Proposal>,
         error: String,
+        /// In a cluster, whether they may still commit (the reply says).
+        outcome: Option<crate::cluster::Outcome>,
     },
+    /// The cluster's view from this node changed (role, leader, term).
+    Cluster(crate::cluster::Status),
     /// The log has grown enough since the last snapshot: once the state
     /// includes `upto`, hand the log a snapshot of it.
     SnapshotDue {

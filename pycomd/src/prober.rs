@@ -87,6 +87,9 @@ pub enum ProbeCmd {
     Unwatch {
         service: String,
     },
+    /// Stop probing everything: this node is no longer the cluster's
+    /// leader (probes run on the leader only).
+    UnwatchAll,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +297,12 @@ impl Prober {
                 }
             }
             ProbeCmd::Unwatch { service } => self.forget(&service),
+            ProbeCmd::UnwatchAll => {
+                let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+                for id in ids {
+                    self.remove_peer(id);
+                }
+            }
         }
     }
 

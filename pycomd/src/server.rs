@@ -15,6 +15,7 @@
 //! log hands them back, in log order. One loop for both would need a
 //! handler that can defer its reply, which services do not need.
 
+use crate::cluster;
 use crate::config::{Overrides, Settings};
 use crate::leases::Leases;
 use crate::log::snapshot::Snapshot;
@@ -70,6 +71,8 @@ pub struct Server {
     pub events: Option<pubsub::Events>,
     /// Addresses whose last probes went unanswered, and how many in a row.
     pub probe_failures: crate::registry::Map<String, u32>,
+    /// This node's part in a cluster, if it is in one.
+    pub cluster: Option<cluster::Node>,
 }
 
 /// How the server stopped.
@@ -95,17 +98,29 @@ impl Server {
         loop {
             let now = Instant::now();
             self.expire(now);
+            if let Some(node) = &mut self.cluster {
+                node.relay.expire(now, &mut self.outbox);
+            }
+            let relay_due = self.cluster.as_ref().and_then(|n| n.relay.next_deadline());
             let wait = self
                 .leases
                 .next_wakeup()
+                .into_iter()
+                .chain(relay_due)
+                .min()
                 .map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
             // Round up: waking a millisecond early would spin until the deadline.
             let wait_ms = i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(500);
             let serving = matches!(flow, Flow::Serve);
-            let (mail, requests) = {
-                let mut items = [self.mailbox.as_poll_item(), self.router.as_poll_item(zmq::POLLIN)];
-                let n = if serving { 2 } else { 1 };
-                match zmq::poll(&mut items[..n], wait_ms) {
+            let (mail, requests, relayed) = {
+                let mut items = vec![self.mailbox.as_poll_item()];
+                if serving {
+                    items.push(self.router.as_poll_item(zmq::POLLIN));
+                }
+                if let Some(item) = self.cluster.as_ref().and_then(|n| n.relay.as_poll_item()) {
+                    items.push(item);
+                }
+                match zmq::poll(&mut items, wait_ms) {
                     Ok(_) => {}
                     // A signal arrived; its event is read on the next turn.
                     Err(zmq::Error::EINTR) => continue,
@@ -114,10 +129,20 @@ impl Server {
                         continue;
                     }
                 }
-                (items[0].is_readable(), serving && items[1].is_readable())
+                let relay_at = if serving { 2 } else { 1 };
+                (
+                    items[0].is_readable(),
+                    serving && items[1].is_readable(),
+                    items.get(relay_at).is_some_and(|i| i.is_readable()),
+                )
             };
             if mail {
                 flow = self.read_mail(flow);
+            }
+            if relayed {
+                if let Some(node) = &mut self.cluster {
+                    node.relay.take_replies(&mut self.outbox);
+                }
             }
             if requests && matches!(flow, Flow::Serve) {
                 self.serve_batch();
@@ -236,6 +261,12 @@ impl Server {
             ));
             return self.reply_fault(envelope, &fault);
         }
+        let relay =
+            cluster::relayed(&request.method) && self.cluster.as_ref().is_some_and(|n| !n.status.is_leader());
+        if relay {
+            let method = request.method.to_string();
+            return self.relay(envelope, parts, &method, now);
+        }
         let mut ctx = Context {
             registry: &self.registry,
             leases: &mut self.leases,
@@ -246,6 +277,7 @@ impl Server {
             replies: &mut self.replies,
             pubsub: &self.pubsub,
             probe_failures: &self.probe_failures,
+            cluster: self.cluster.as_ref().map(|n| &n.status),
         };
         let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
         debug!(method = %request.method, "request");
@@ -262,6 +294,25 @@ impl Server {
         }
     }
 
+    /// A follower's write (or renew): to the leader, whose reply goes back
+    /// to the client; code 7 (not applied) when there is no leader to ask.
+    fn relay(&mut self, envelope: Vec<zmq::Message>, parts: Vec<zmq::Message>, method: &str, now: Instant) {
+        let Some(node) = &mut self.cluster else {
+            return;
+        };
+        if let Err((envelope, fault)) = node.relay.forward(envelope, parts, method, now) {
+            self.stats.faults += 1;
+            let body = cluster::outcome_fault(&fault, cluster::Outcome::NotApplied, node.relay.leader());
+            self.outbox.push(envelope, proto::STATUS_OK, body);
+        }
+    }
+
+    /// Whether this node keeps the leases and probes: a single node, or
+    /// a cluster's leader.
+    fn keeps_leases(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|n| n.status.is_leader())
+    }
+
     /// Hand a command to the log. If it cannot even be queued, it changes
     /// nothing: answer its fault (or, for an expiry, try again later).
     fn propose(&mut self, command: Command, reply: Option<ReplyTo>) {
@@ -272,8 +323,20 @@ impl Server {
     }
 
     fn not_written(&mut self, proposal: Proposal, fault: &Fault) {
+        self.not_written_as(proposal, fault, None)
+    }
+
+    fn not_written_as(&mut self, proposal: Proposal, fault: &Fault, outcome: Option<cluster::Outcome>) {
         match (&proposal.command, proposal.reply) {
-            (_, Some(reply)) => self.reply_fault(reply.envelope, fault),
+            (_, Some(reply)) => match outcome {
+                Some(outcome) => {
+                    self.stats.faults += 1;
+                    let leader = self.cluster.as_ref().and_then(|n| n.leader_elsewhere());
+                    let body = cluster::outcome_fault(fault, outcome, leader);
+                    self.outbox.push(reply.envelope, proto::STATUS_OK, body);
+                }
+                None => self.reply_fault(reply.envelope, fault),
+            },
             (Command::Expire { service, .. }, None) => self.leases.retry(service, Instant::now()),
             (Command::ProbeFailed { service, revision }, None) => {
                 // Probe it again: the verdict will come back.
@@ -300,6 +363,9 @@ impl Server {
 
     /// Leases that ran out: propose their expiry (reads already skip them).
     fn expire(&mut self, now: Instant) {
+        if !self.keeps_leases() {
+            return;
+        }
         for (service, revision) in self.leases.due(now) {
             let service = service.to_string();
             self.propose(Command::Expire { service, revision }, None);
@@ -315,18 +381,29 @@ impl Server {
                         self.commit(entry);
                     }
                 }
-                Event::NotDurable { proposals, error } => {
+                Event::NotDurable {
+                    proposals,
+                    error,
+                    outcome,
+                } => {
                     if let Flow::Draining { unwritten } = &mut flow {
                         *unwritten += proposals.len() as u64;
                     }
                     for proposal in proposals {
-                        let fault = Fault::unavailable(format!(
-                            "{}: not written, nothing was changed: {error}",
-                            proposal.command.name()
-                        ));
-                        self.not_written(proposal, &fault);
+                        let fault = match outcome {
+                            Some(cluster::Outcome::Unknown) => Fault::unavailable(format!(
+                                "{}: {error}; the write may or may not have been applied (outcome unknown): read before retrying",
+                                proposal.command.name()
+                            )),
+                            _ => Fault::unavailable(format!(
+                                "{}: not written, nothing was changed: {error}",
+                                proposal.command.name()
+                            )),
+                        };
+                        self.not_written_as(proposal, &fault, outcome);
                     }
                 }
+                Event::Cluster(status) => self.follow_cluster(status),
                 Event::LogStopped { failed_batches } => {
                     let unwritten = match flow {
                         Flow::Draining { unwritten } => unwritten,
@@ -441,9 +518,47 @@ impl Server {
         }
     }
 
+    /// The cluster's view changed: relay to the new leader; on becoming
+    /// leader, keep every lease from a fresh full term (renewals sent to
+    /// the old leader were not logged) and probe; on losing it, stop.
+    fn follow_cluster(&mut self, status: cluster::Status) {
+        let Some(node) = &mut self.cluster else {
+            return;
+        };
+        let was_leader = node.status.is_leader();
+        if node.status.leader != status.leader || node.status.role != status.role {
+            info!(
+                role = ?status.role,
+                leader = ?status.leader.as_ref().map(|l| l.id),
+                term = status.term,
+                "cluster"
+            );
+        }
+        node.status = status;
+        let leader = node.leader_elsewhere().map(str::to_string);
+        node.relay.follow(leader.as_deref(), &mut self.outbox);
+        let is_leader = node.status.is_leader();
+        if is_leader && !was_leader {
+            let now = Instant::now();
+            let leased = self
+                .registry
+                .state()
+                .records()
+                .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
+            self.leases = Leases::start(leased, now);
+            self.probe_all();
+        } else if was_leader && !is_leader {
+            let _ = self.prober.send(ProbeCmd::UnwatchAll);
+        }
+    }
+
     /// How a record is kept alive, the one place that decides: with a
-    /// lease (a full term from `now`), or, without one, by probes.
+    /// lease (a full term from `now`), or, without one, by probes. Only
+    /// where leases are kept (a single node, a cluster's leader).
     fn watch(&mut self, record: &Record, now: Instant, was_probed: bool) {
+        if !self.keeps_leases() {
+            return;
+        }
         match record.ttl_ms {
             Some(ttl) => {
                 self.leases.grant(&record.service, record.revision, ttl, now);
@@ -464,8 +579,12 @@ impl Server {
         }
     }
 
-    /// At start: every lease-less record is probed again.
+    /// At start (and on becoming a cluster's leader): every lease-less
+    /// record is probed again.
     pub fn probe_all(&mut self) {
+        if !self.keeps_leases() {
+            return;
+        }
         for record in self.registry.state().records().filter(|r| r.ttl_ms.is_none()) {
             let _ = self.prober.send(ProbeCmd::Watch {
                 service: record.service.to_string(),

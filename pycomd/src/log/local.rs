@@ -273,6 +273,7 @@ impl Writer {
                 self.poster.post(Event::NotDurable {
                     proposals: batch,
                     error,
+                    outcome: None,
                 });
                 false
             }

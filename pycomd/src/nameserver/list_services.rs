@@ -280,6 +280,7 @@ mod tests {
                 replies: &mut replies,
                 pubsub: &off,
                 probe_failures: &Default::default(),
+                cluster: None,
             };
             let args = Args::new("list_services", &args).unwrap();
             let budget = Budget {

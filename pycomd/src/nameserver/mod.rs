@@ -69,6 +69,8 @@ pub struct Context<'a> {
     pub pubsub: &'a crate::pubsub::Started,
     /// Consecutive unanswered probes by address (`list_services` long).
     pub probe_failures: &'a crate::registry::Map<String, u32>,
+    /// This node in its cluster, if it is in one (for `stat`).
+    pub cluster: Option<&'a crate::cluster::Status>,
 }
 
 /// Big replies: the last one made, for a client asking the same again at
@@ -115,8 +117,12 @@ pub const SHARED_REPLY_BYTES: usize = 64 * 1024;
 
 impl Context<'_> {
     /// Whether `service`'s lease (if it has one) has not run out.
+    ///
+    /// A cluster's followers keep no lease deadlines (renewals go to the
+    /// leader, unlogged): a record is live there until the leader's expiry
+    /// commits.
     pub fn live(&self, service: &str) -> bool {
-        self.leases.is_live(service)
+        self.cluster.is_some_and(|c| !c.is_leader()) || self.leases.is_live(service)
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 /// The result, serialized as it is (no intermediate JSON value: clients
 /// use `stat` as a ping, often).
 #[derive(Serialize)]
-struct Stat {
+struct Stat<'a> {
     version: &'static str,
     uptime_s: u64,
     services: usize,
@@ -22,6 +22,8 @@ struct Stat {
     pending_reply_bytes: usize,
     store: LogStats,
     pubsub: Pubsub,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'a crate::cluster::Status>,
 }
 
 /// The forwarder's counters, or why it does not run.
@@ -51,5 +53,6 @@ pub fn stat(ctx: &mut Context) -> Plan {
             crate::pubsub::Started::Running(forwarder) => Pubsub::Running(forwarder.stat()),
             crate::pubsub::Started::Off(why) => Pubsub::Off { off: why.clone() },
         },
+        cluster: ctx.cluster,
     }))
 }

@@ -1,0 +1,108 @@
+//! pycomd as a member of a replicated cluster (PROTOCOL.md 9).
+//!
+//! The registry's log is replicated with Raft ([`crate::log::raft`]); what
+//! the rest of pycomd needs to know about the cluster is here: this node's
+//! [`Status`] (role, leader, term, indices), posted by the Raft thread
+//! whenever it changes; the [`relay`] that takes a follower's writes to the
+//! leader; and how a write's code 7 says whether it may still happen
+//! ([`Outcome`]).
+
+pub mod relay;
+
+use pycom_client::proto::{self, Fault};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The key of the cluster's extension in replies.
+pub const EXTENSION: &str = "org.pycom.cluster";
+
+/// What this node is in the cluster now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    /// Stopped or not started.
+    Shutdown,
+}
+
+/// The leader as `stat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leader {
+    pub id: u64,
+    /// Its request endpoint.
+    pub client: String,
+}
+
+/// This node's view of the cluster, for `stat` and for what the server
+/// does as leader or follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub node: u64,
+    pub role: Role,
+    pub leader: Option<Leader>,
+    pub term: u64,
+    /// Voters and learners: id to request endpoint.
+    pub members: BTreeMap<u64, String>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// Milliseconds since this node last heard from a leader (followers):
+    /// reads are answered from a state at most about this old.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_silent_ms: Option<u64>,
+}
+
+impl Status {
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+}
+
+/// The server's part of the cluster: this node's status, and the relay
+/// of its writes to the leader while it is not the leader.
+pub struct Node {
+    pub status: Status,
+    pub relay: relay::Relay,
+}
+
+impl Node {
+    /// The leader's request endpoint, if another node leads.
+    pub fn leader_elsewhere(&self) -> Option<&str> {
+        self.status
+            .leader
+            .as_ref()
+            .filter(|l| l.id != self.status.node)
+            .map(|l| l.client.as_str())
+    }
+}
+
+/// Methods a follower relays to the leader: the writes, and `renew`
+/// (leases are the leader's).
+pub fn relayed(method: &str) -> bool {
+    matches!(method, "register" | "unregister" | "renew")
+}
+
+/// Whether a write answered code 7 may still take effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Refused before it was proposed: it did not happen and will not.
+    NotApplied,
+    /// Proposed, then the answer was lost (the leader changed, or the
+    /// commit took longer than `write_timeout_ms`): it may still commit.
+    Unknown,
+}
+
+/// A write's fault with `extensions["org.pycom.cluster"] = {outcome,
+/// leader}`, encoded.
+pub fn outcome_fault(fault: &Fault, outcome: Outcome, leader: Option<&str>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Cluster<'a> {
+        outcome: Outcome,
+        leader: Option<&'a str>,
+    }
+    let extensions = serde_json::json!({ EXTENSION: Cluster { outcome, leader } });
+    proto::encode_response_with::<serde_json::Value, _>(Err(fault), None, Some(&extensions))
+}

@@ -1,0 +1,184 @@
+//! A follower's writes, relayed to the leader: the request as the client
+//! sent it, over one DEALER connected to the leader's request endpoint;
+//! the leader's reply goes back to the client as it came. `renew` is
+//! relayed too (leases are the leader's). A relayed write that gets no
+//! reply within `write_timeout_ms` answers code 7 with outcome `unknown`:
+//! the leader may still commit it.
+
+use super::{outcome_fault, Outcome};
+use pycom_client::proto::{self, Fault};
+use pycom_client::router::Outbox;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// Most relayed requests waiting for the leader; beyond, code 7.
+const MAX_PENDING: usize = 16 * 1024;
+
+struct Pending {
+    envelope: Vec<zmq::Message>,
+    deadline: Instant,
+    method: String,
+}
+
+pub struct Relay {
+    ctx: zmq::Context,
+    /// The leader's request endpoint and the socket connected to it.
+    leader: Option<(String, zmq::Socket)>,
+    pending: HashMap<u64, Pending>,
+    next: u64,
+    timeout: Duration,
+}
+
+impl Relay {
+    pub fn new(ctx: zmq::Context, timeout: Duration) -> Relay {
+        Relay {
+            ctx,
+            leader: None,
+            pending: HashMap::new(),
+            next: 0,
+            timeout,
+        }
+    }
+
+    /// Relay to `leader` from now on (`None`: no leader known). Requests
+    /// relayed to a former leader may or may not have been applied.
+    pub fn follow(&mut self, leader: Option<&str>, outbox: &mut Outbox) {
+        if self.leader.as_ref().map(|(e, _)| e.as_str()) == leader {
+            return;
+        }
+        self.fail_all(outbox, "the leader changed while the write was relayed to it");
+        self.leader = leader.and_then(|endpoint| {
+            let socket = self.ctx.socket(zmq::DEALER).ok()?;
+            socket.set_linger(0).ok()?;
+            socket.set_sndhwm(MAX_PENDING as i32).ok()?;
+            socket.set_rcvhwm(MAX_PENDING as i32).ok()?;
+            socket.connect(endpoint).ok()?;
+            Some((endpoint.to_string(), socket))
+        });
+    }
+
+    /// The leader relayed to, if any.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_ref().map(|(e, _)| e.as_str())
+    }
+
+    /// Relay a request's frames (command, body) for `envelope`. Refused
+    /// (never sent: not applied) when no leader is known or too many wait.
+    pub fn forward(
+        &mut self,
+        envelope: Vec<zmq::Message>,
+        frames: Vec<zmq::Message>,
+        method: &str,
+        now: Instant,
+    ) -> Result<(), (Vec<zmq::Message>, Fault)> {
+        let Some((endpoint, socket)) = &self.leader else {
+            let fault = Fault::unavailable(format!(
+                "{method}: no leader is known (an election may be under way); nothing was changed: retry, or another node"
+            ));
+            return Err((envelope, fault));
+        };
+        if self.pending.len() >= MAX_PENDING {
+            let fault = Fault::unavailable(format!(
+                "{method}: {MAX_PENDING} writes are already waiting for the leader; nothing was changed: retry"
+            ));
+            return Err((envelope, fault));
+        }
+        self.next += 1;
+        let id = self.next;
+        let mut out: Vec<zmq::Message> = Vec::with_capacity(frames.len() + 2);
+        out.push(zmq::Message::from(&id.to_le_bytes()[..]));
+        out.push(zmq::Message::new());
+        out.extend(frames);
+        if let Err(e) = socket.send_multipart(out, zmq::DONTWAIT) {
+            let fault = Fault::unavailable(format!(
+                "{method}: cannot reach the leader at {endpoint} ({e}); nothing was changed: retry"
+            ));
+            return Err((envelope, fault));
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                envelope,
+                deadline: now + self.timeout,
+                method: method.to_string(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn as_poll_item(&self) -> Option<zmq::PollItem<'_>> {
+        self.leader.as_ref().map(|(_, s)| s.as_poll_item(zmq::POLLIN))
+    }
+
+    /// The leader's replies, back to their clients as they came.
+    pub fn take_replies(&mut self, outbox: &mut Outbox) {
+        let Some((_, socket)) = &self.leader else {
+            return;
+        };
+        while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+            let id = frames
+                .first()
+                .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
+                .map(u64::from_le_bytes);
+            let Some(pending) = id.and_then(|id| self.pending.remove(&id)) else {
+                continue;
+            };
+            // [id, "", status, body]
+            let status = match frames.get(2).map(|s| &s[..]) {
+                Some(b"OK") => proto::STATUS_OK,
+                _ => proto::STATUS_FAIL,
+            };
+            let body = frames.get(3).cloned().unwrap_or_default();
+            debug!(method = %pending.method, "relayed reply");
+            outbox.push(pending.envelope, status, body);
+        }
+    }
+
+    /// Relayed requests past their deadline: code 7, outcome unknown.
+    pub fn expire(&mut self, now: Instant, outbox: &mut Outbox) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(p) = self.pending.remove(&id) {
+                let fault = Fault::unavailable(format!(
+                    "{}: the leader did not answer within write_timeout_ms = {}; the write may or may not have been applied (outcome unknown): read before retrying",
+                    p.method,
+                    self.timeout.as_millis()
+                ));
+                outbox.push(
+                    p.envelope,
+                    proto::STATUS_OK,
+                    outcome_fault(&fault, Outcome::Unknown, self.leader()),
+                );
+            }
+        }
+    }
+
+    fn fail_all(&mut self, outbox: &mut Outbox, why: &str) {
+        let leader = self.leader().map(str::to_string);
+        for (_, p) in self.pending.drain() {
+            let fault = Fault::unavailable(format!(
+                "{}: {why}; it may or may not have been applied (outcome unknown): read before retrying",
+                p.method
+            ));
+            outbox.push(
+                p.envelope,
+                proto::STATUS_OK,
+                outcome_fault(&fault, Outcome::Unknown, leader.as_deref()),
+            );
+        }
+    }
+
+    /// When the next relayed request runs out of time.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+}
