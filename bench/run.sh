@@ -13,23 +13,44 @@
 #   restart   RSS, preload, stop and restart time at each of $RESTART_SIZES records
 #   bounded   locate while another client loops lists (whole, pages) among
 #             100,000 services; paging through $RESTART_SIZES records with pycomctl
+#   pubsub    pycomd's forwarder with pycom-client Publisher/Subscriber against a
+#             raw zmq_proxy with raw PUB/SUB (throughput, latency, gaps) at
+#             $PUBSUB_SIZES B bodies and 1 -> $PUBSUB_SUBSCRIBERS subscribers; the
+#             same forwarder with raw peers; registry events while
+#             $EVENT_SERVICES services register at once (durable); the
+#             last-value cache's memory at its bounds ($LVC_CONFIGS)
 #   peers     PyCOM 0.3.2's nameserver (needs the venv tests/run.sh makes)
 #
+#   BLOCKS=pubsub DURATION=2 REPEAT=3 bash bench/run.sh
 #   BLOCKS=durable DURATION=2 REPEAT=1 bash bench/run.sh
 #   BLOCKS=restart RESTART_SIZES=100000 bash bench/run.sh
 #   DATA_ROOT=/var/tmp bash bench/run.sh     # data dirs (and the fdatasync file) on /var/tmp's filesystem
 #
 # Other knobs: REGISTER_CLIENTS ("1 16 64"), RESTART_SIZES ("100000 1000000"),
 # PRELOAD_CLIENTS (4), PRELOAD_IN_FLIGHT (256), BUILD=0 (use the binaries in
-# target/release as they are), PYCOMD / PYCOMCTL (other binaries to measure).
+# target/release as they are), PYCOMD / PYCOMCTL (other binaries to measure);
+# pub-sub: PUBSUB_HWM (10000, pycomd's and every bench socket's high-water
+# mark), PUBSUB_SIZES ("16,128,1024"), PUBSUB_SUBSCRIBERS ("1,4"), PUBSUB_RATE
+# (1000 messages/s for latency), EVENT_SERVICES (10000), EVENT_CLIENTS (100),
+# EVENT_IN_FLIGHT (100), LVC_CONFIGS ("max_topics:max_bytes:published:body_bytes ...").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-BLOCKS="${BLOCKS:-main durable restart bounded peers}"
+BLOCKS="${BLOCKS:-main durable restart bounded pubsub peers}"
 REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
 RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
 PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
 PRELOAD_IN_FLIGHT="${PRELOAD_IN_FLIGHT:-256}"
+PUBSUB_HWM="${PUBSUB_HWM:-10000}"
+PUBSUB_SIZES="${PUBSUB_SIZES:-16,128,1024}"
+PUBSUB_SUBSCRIBERS="${PUBSUB_SUBSCRIBERS:-1,4}"
+PUBSUB_RATE="${PUBSUB_RATE:-1000}"
+EVENT_SERVICES="${EVENT_SERVICES:-10000}"
+EVENT_CLIENTS="${EVENT_CLIENTS:-100}"
+EVENT_IN_FLIGHT="${EVENT_IN_FLIGHT:-100}"
+# Default bounds, full at 10,000 topics; the byte bound (64 MiB) reached
+# first; the topic bound with small publications.
+LVC_CONFIGS="${LVC_CONFIGS:-10000:67108864:20000:1024 1000000:67108864:100000:1024 100000:67108864:100000:16}"
 if [[ "${BUILD:-1}" != 0 ]]; then cargo build --release --workspace --locked -q; fi
 bin=target/release
 PYCOMD="${PYCOMD:-$bin/pycomd}"
@@ -52,7 +73,9 @@ wait_ready() { # endpoint -> prints ms until stat answers (fails if pycomd exits
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 start_pycomd() { # data dir [endpoint] -> sets $ns and $pycomd (a new free port unless given)
   ns="${2:-tcp://127.0.0.1:$(free_port)}"
-  "$PYCOMD" --listen "$ns" --data-dir "$1" --log-level warn & pids+=($!); pycomd=$!
+  # The pub-sub forwarder on free ports too, never the host's 2013/2014.
+  PYCOMD_PUBSUB__XSUB="tcp://127.0.0.1:$(free_port)" PYCOMD_PUBSUB__XPUB="tcp://127.0.0.1:$(free_port)" \
+    "$PYCOMD" --listen "$ns" --data-dir "$1" --log-level warn & pids+=($!); pycomd=$!
 }
 stop_pycomd() { # SIGTERM, wait; sets $stopped_ms (until the process has exited)
   local start end; start=$(date +%s%N)
@@ -190,6 +213,44 @@ if block bounded; then
     stop_pycomd
   done
   unset PYCOMD_MAX_RECORDS
+fi
+
+if block pubsub; then
+  # Each row: pycomd's forwarder with pycom-client's Publisher and
+  # Subscriber, then a raw zmq_proxy (XSUB/XPUB, a child process of
+  # pycom-bench) with raw PUB/SUB sending the same frames; every socket at
+  # the same high-water mark. Throughput with at most hwm/4 messages in
+  # flight (so gaps are losses, not high-water-mark drops); latency at
+  # $PUBSUB_RATE messages/s (queues empty).
+  export PYCOMD_PUBSUB__HIGH_WATER_MARK="$PUBSUB_HWM"
+  psbench() { "$bin/pycom-bench" --quiet --nameserver "$ns" --duration "$DURATION" --repeat "$REPEAT" --hwm "$PUBSUB_HWM" "$@"; }
+  start_pycomd "$work/pubsub"
+  wait_ready "$ns" >/dev/null
+  echo "== pub-sub: pycomd forwarder + pycom-client Publisher/Subscriber vs raw zmq_proxy + raw PUB/SUB"
+  psbench --op pubsub --pycomd-pid "$pycomd" --body-bytes "$PUBSUB_SIZES" --subscribers "$PUBSUB_SUBSCRIBERS" --rate "$PUBSUB_RATE"
+  echo "== pub-sub: pycomd forwarder + raw PUB/SUB peers (the forwarder's share, without the client library's)"
+  psbench --op pubsub --pycomd-pid "$pycomd" --pubsub-peers raw --body-bytes "$PUBSUB_SIZES" --subscribers "$PUBSUB_SUBSCRIBERS" --rate "$PUBSUB_RATE"
+  stop_pycomd
+
+  # Durable, as by default: each register is on disk (fdatasync) before
+  # its reply and its event.
+  echo "== registry events: $EVENT_SERVICES services register at once ($EVENT_CLIENTS clients x $EVENT_IN_FLIGHT in flight, durable)"
+  start_pycomd "$work/events"
+  wait_ready "$ns" >/dev/null
+  psbench --op events --preload "$EVENT_SERVICES" --clients "$EVENT_CLIENTS" --in-flight "$EVENT_IN_FLIGHT"
+  stop_pycomd
+
+  echo "== last-value cache at its bounds: pycomd's RSS against the cache's own count (stat cache_bytes)"
+  for cfg in $LVC_CONFIGS; do
+    IFS=: read -r topics bytes published body <<<"$cfg"
+    export PYCOMD_PUBSUB__LVC_MAX_TOPICS="$topics" PYCOMD_PUBSUB__LVC_MAX_BYTES="$bytes"
+    start_pycomd "$work/lvc-$topics-$bytes-$body"
+    wait_ready "$ns" >/dev/null
+    echo -n "lvc_max_topics $(thousands "$topics"), lvc_max_bytes $(thousands "$bytes"): "
+    psbench --op lvc --topics "$published" --body-bytes "$body" --pycomd-pid "$pycomd"
+    stop_pycomd
+  done
+  unset PYCOMD_PUBSUB__LVC_MAX_TOPICS PYCOMD_PUBSUB__LVC_MAX_BYTES PYCOMD_PUBSUB__HIGH_WATER_MARK
 fi
 
 venv=target/py-peers

@@ -5,18 +5,24 @@
 //! pycom-bench --op locate --preload 10000 --clients 4 --in-flight 64 --duration 5
 //! pycom-bench --op fdatasync --dir /var/lib/pycomd --duration 5
 //! pycom-bench --preload-only --preload 1000000 --preload-clients 8
+//! pycom-bench --op pubsub --body-bytes 16,128,1024 --subscribers 1,4
+//! pycom-bench --op events --preload 10000 --clients 100 --in-flight 100
+//! pycom-bench --op lvc --topics 20000 --body-bytes 1024 --pycomd-pid PID
 //! ```
 //!
 //! Every run of the operation is followed by the same load on a raw
 //! ZeroMQ echo (a ROUTER bouncing frames, started by the tool), and the
 //! ratio between the two is printed. `fdatasync` is the exception: it
 //! measures the disk alone (append a record, fdatasync, repeat), so there is
-//! nothing to compare with an echo.
+//! nothing to compare with an echo. Pub-sub (`pubsub`) has a baseline of
+//! its own, a raw `zmq_proxy` with raw PUB/SUB peers; `events` and `lvc`
+//! measure pycomd alone (see `pubsub.rs`).
 
 mod background;
 mod disk;
 mod load;
 mod ops;
+mod pubsub;
 mod servers;
 
 use clap::{Parser, ValueEnum};
@@ -43,6 +49,15 @@ pub enum Op {
     /// The disk alone: append a --record-bytes record to a file in --dir and
     /// fdatasync it, one thread (no nameserver, no raw echo baseline).
     Fdatasync,
+    /// Pub-sub through pycomd's forwarder, 1 publisher to --subscribers,
+    /// each --body-bytes: throughput and latency, against a raw zmq_proxy.
+    Pubsub,
+    /// --preload new services registered at once (--clients x
+    /// --in-flight) while a subscriber counts the registry's events.
+    Events,
+    /// Fill the forwarder's last-value cache with --topics topics and
+    /// report pycomd's memory (--pycomd-pid) against its cache_bytes.
+    Lvc,
 }
 
 #[derive(Parser, Debug)]
@@ -106,6 +121,33 @@ struct Cli {
     /// No progress line
     #[arg(long)]
     quiet: bool,
+    /// Pub-sub body sizes in bytes (--op pubsub; --op lvc takes the first)
+    #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
+    body_bytes: Vec<usize>,
+    /// Pub-sub subscriber counts, one row each (--op pubsub)
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    subscribers: Vec<usize>,
+    /// Publications a second of the pub-sub latency runs: modest, so
+    /// that queues stay empty
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Pub-sub throughput runs: messages in flight at most (sent, not yet
+    /// received by the slowest subscriber); default --hwm / 4; 0: no limit
+    #[arg(long)]
+    window: Option<u64>,
+    /// High-water mark of every pub-sub socket the tool makes (and of the
+    /// raw proxy); give pycomd the same (PYCOMD_PUBSUB__HIGH_WATER_MARK)
+    #[arg(long, default_value_t = 10_000)]
+    hwm: i32,
+    /// The peers on pycomd's forwarder: pycom-client's, or raw sockets
+    #[arg(long, value_enum, default_value = "client")]
+    pubsub_peers: pubsub::Peers,
+    /// Topics published for --op lvc
+    #[arg(long, default_value_t = 20_000)]
+    topics: usize,
+    /// pycomd's process id, for its memory (--op lvc)
+    #[arg(long, value_name = "PID")]
+    pycomd_pid: Option<u32>,
     /// Internal: run a server (echo or service) for a parent pycom-bench
     #[arg(long, hide = true, value_name = "KIND")]
     serve: Option<String>,
@@ -124,7 +166,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), String> {
     if let Some(kind) = &cli.serve {
-        return servers::serve(kind, cli.workers);
+        return servers::serve(kind, cli.workers, cli.hwm);
     }
     if cli.duration <= 0.0 || cli.in_flight == 0 {
         return Err("--duration and --in-flight must be positive".into());
@@ -140,6 +182,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     let duration = Duration::from_secs_f64(cli.duration);
     if cli.op == Op::Fdatasync {
         return fdatasync(cli, duration);
+    }
+    if matches!(cli.op, Op::Pubsub | Op::Events | Op::Lvc) {
+        return pubsub::run(cli);
     }
     let echo = if cli.no_baseline {
         None

@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 
 /// Interface and service names of preloaded record `i`.
 fn preloaded(i: usize) -> (String, String) {
-    (format!("bench.pre.{i}"), format!("/bench/pre/{i}"))
+    tagged(i, "pre")
+}
+
+/// Interface and service names of record `i` of a set named `tag`.
+fn tagged(i: usize, tag: &str) -> (String, String) {
+    (format!("bench.{tag}.{i}"), format!("/bench/{tag}/{i}"))
 }
 
 const ADDRESS: &str = "tcp://127.0.0.1:1";
@@ -37,7 +42,7 @@ impl Bodies {
             Op::Renew => (0..n)
                 .map(|i| call("renew", json!({"service": preloaded(i).1, "address": ADDRESS})))
                 .collect(),
-            Op::Register | Op::Fdatasync => Vec::new(),
+            Op::Register | Op::Fdatasync | Op::Pubsub | Op::Events | Op::Lvc => Vec::new(),
             Op::Invoke | Op::InvokeRaw => vec![
                 json!({"version": "1.0", "interface": "bench.echo", "method": "echo",
                 "args": {"n": 1, "text": "hello"}})
@@ -87,6 +92,12 @@ impl Preload {
     /// PyCOM 0.3 style (`interface`). Client `c` registers every
     /// `clients`-th record from `c`, so the union is exactly `0..n`.
     pub fn run(&self, ctx: &zmq::Context, endpoint: &str, n: usize) -> Result<(), String> {
+        self.run_tagged(ctx, endpoint, n, "pre")
+    }
+
+    /// The same with names of another set (`bench.{tag}.{i}`,
+    /// `/bench/{tag}/{i}`): new services, not renewals of earlier ones.
+    pub fn run_tagged(&self, ctx: &zmq::Context, endpoint: &str, n: usize, tag: &str) -> Result<(), String> {
         let clients = self.clients.clamp(1, n.max(1));
         let in_flight = self.in_flight.max(1);
         let abort = std::sync::atomic::AtomicBool::new(false);
@@ -95,7 +106,7 @@ impl Preload {
                 .map(|c| {
                     let abort = &abort;
                     scope.spawn(move || {
-                        let r = preload_part(ctx, endpoint, n, c, clients, in_flight, abort);
+                        let r = preload_part(ctx, endpoint, n, tag, (c, clients), in_flight, abort);
                         if r.is_err() {
                             abort.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -117,8 +128,8 @@ impl Preload {
     }
 }
 
-fn register_body(i: usize) -> String {
-    let (interface, service) = preloaded(i);
+fn register_body(i: usize, tag: &str) -> String {
+    let (interface, service) = tagged(i, tag);
     // Names are plain ASCII: no JSON escaping needed.
     format!(
         r#"{{"version":"1.0","interface":"org.pycom.nameserver","method":"register","args":{{"service":"{service}","address":"{ADDRESS}","interface":"{interface}","ttl_ms":3600000}}}}"#
@@ -130,8 +141,8 @@ fn preload_part(
     ctx: &zmq::Context,
     endpoint: &str,
     n: usize,
-    first: usize,
-    step: usize,
+    tag: &str,
+    (first, step): (usize, usize),
     in_flight: usize,
     abort: &std::sync::atomic::AtomicBool,
 ) -> Result<(), String> {
@@ -148,7 +159,7 @@ fn preload_part(
             return Ok(()); // Another client failed and says why.
         }
         while sent < total && sent - got < in_flight {
-            let body = register_body(first + sent * step);
+            let body = register_body(first + sent * step, tag);
             socket
                 .send_multipart([&b""[..], b"CALL", body.as_bytes()], 0)
                 .map_err(|e| e.to_string())?;

@@ -1,5 +1,5 @@
-//! The servers the tool starts itself: the raw ZeroMQ echo baseline and a
-//! pycom-client echo service. Each runs in a child process of its own (this
+//! The servers the tool starts itself: the raw ZeroMQ echo baseline, a
+//! pycom-client echo service, and the raw XSUB/XPUB proxy (pub-sub baseline). Each runs in a child process of its own (this
 //! same binary with `--serve`), so it meets the load exactly as pycomd does:
 //! its own process, its own ZeroMQ I/O thread.
 
@@ -76,10 +76,16 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(kind: &str, workers: usize) -> Result<Child, String> {
+        Child::spawn_with(kind, &["--workers", &workers.to_string()])
+    }
+
+    /// `pycom-bench --serve KIND ARGS...`
+    pub fn spawn_with(kind: &str, args: &[&str]) -> Result<Child, String> {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = std::process::Command::new(exe)
-            .args(["--serve", kind, "--workers", &workers.to_string()])
+            .args(["--serve", kind])
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -96,6 +102,10 @@ impl Child {
         }
         Ok(Child { endpoint, child })
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Child {
@@ -107,9 +117,47 @@ impl Drop for Child {
     }
 }
 
+/// The pub-sub baseline: a raw libzmq XSUB/XPUB proxy (`zmq_proxy`) on a
+/// thread of its own, both sides at high-water mark `hwm` (as pycomd's
+/// forwarder). Returns "XSUB-endpoint XPUB-endpoint".
+fn raw_proxy(ctx: &zmq::Context, hwm: i32) -> Result<String, String> {
+    let mut endpoints = Vec::new();
+    let mut sockets = Vec::new();
+    for kind in [zmq::XSUB, zmq::XPUB] {
+        let socket = ctx.socket(kind).map_err(|e| e.to_string())?;
+        socket
+            .set_sndhwm(hwm)
+            .and_then(|()| socket.set_rcvhwm(hwm))
+            .and_then(|()| socket.set_linger(0))
+            .and_then(|()| socket.bind("tcp://127.0.0.1:*"))
+            .map_err(|e| e.to_string())?;
+        endpoints.push(
+            socket
+                .get_last_endpoint()
+                .map_err(|e| e.to_string())?
+                .map_err(|_| "endpoint is not UTF-8".to_string())?,
+        );
+        sockets.push(socket);
+    }
+    let (xpub, xsub) = (sockets.pop(), sockets.pop());
+    let (Some(xsub), Some(xpub)) = (xsub, xpub) else {
+        return Err("no proxy sockets".into());
+    };
+    std::thread::spawn(move || zmq::proxy(&xsub, &xpub));
+    Ok(endpoints.join(" "))
+}
+
 /// The `--serve` mode: serve until stdin closes.
-pub fn serve(kind: &str, workers: usize) -> Result<(), String> {
+pub fn serve(kind: &str, workers: usize, hwm: i32) -> Result<(), String> {
     let ctx = zmq::Context::new();
+    if kind == "proxy" {
+        println!("{}", raw_proxy(&ctx, hwm)?);
+        use std::io::Read;
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        // The proxy's thread never returns its sockets: leave without
+        // waiting for the context to close them.
+        std::process::exit(0);
+    }
     let (endpoint, _echo, _service) = match kind {
         "echo" => {
             let echo = RawEcho::start(&ctx)?;
