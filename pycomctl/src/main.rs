@@ -127,6 +127,11 @@ pub enum Command {
     Renew { service: String, address: String },
     /// Remove a service's record (only its own address may)
     Unregister { service: String, address: String },
+    /// A cluster member's view of its cluster
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Publish one message through pycomd's forwarder (once the forwarder
     /// has taken the connection) and exit
     Pub {
@@ -167,6 +172,27 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// This node's role, the leader, the term, the members, commit and applied indices
+    Status,
+    /// Join a new node (started with the cluster's members and its own id):
+    /// first as a learner, which catches up, then as a voter
+    Add {
+        id: u64,
+        /// Its Raft endpoint, host:port
+        #[arg(long)]
+        peer: String,
+        /// Its request endpoint, tcp://host:port
+        #[arg(long)]
+        client: String,
+    },
+    /// Remove a voter from the cluster
+    Remove { id: u64 },
+    /// Hand the leadership to another voter
+    TransferLeader { id: u64 },
 }
 
 fn parse_metadata(entry: &str) -> Result<(String, String), String> {

@@ -90,7 +90,11 @@ pub struct ClusterSettings {
     /// A write not committed within this long answers code 7.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
-    /// Leader heartbeats; elections start after 8 to 16 of them missed.
+    /// This node joins a running cluster (`pycomctl cluster add` makes it a
+    /// member) instead of forming one with `members`.
+    #[serde(default)]
+    pub join: bool,
+    /// Leader heartbeats; elections start after 4 to 8 of them missed.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
 }
@@ -114,6 +118,17 @@ fn default_heartbeat_ms() -> u64 {
 }
 
 impl ClusterSettings {
+    /// The longest election timeout (Raft elects after 4 to 8 missed
+    /// heartbeats).
+    pub fn election_timeout_max_ms(&self) -> u64 {
+        self.heartbeat_ms * 8
+    }
+
+    /// The shortest lease a cluster takes: three election timeouts.
+    pub fn min_lease_ms(&self) -> u64 {
+        3 * self.election_timeout_max_ms()
+    }
+
     /// The members by id, checked: ids are integers, this node is one.
     pub fn member_ids(&self) -> Result<std::collections::BTreeMap<u64, Member>, String> {
         let mut members = std::collections::BTreeMap::new();

@@ -62,25 +62,27 @@ pub enum Failure {
 /// Run pycomd until SIGTERM or SIGINT.
 pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     limits::raise_nofile();
-    if settings.cluster.is_some() {
-        return Err(Failure::Start(
-            "[cluster] is set, but this build of pycomd runs as a single node only (replication is being built: issue 10); remove [cluster] to run".into(),
-        ));
-    }
     let started = Instant::now();
     let sync = !settings.unsafe_no_fsync;
     if !sync {
         tracing::warn!("unsafe_no_fsync is set: writes are acknowledged before they are durable, and a power cut loses them");
     }
-    let opened = recovery::open(
-        &settings.data_dir,
-        &Options {
-            segment_bytes: settings.log_segment_bytes,
-            sync,
-            recover: launch.recover,
-        },
-    )
-    .map_err(Failure::Start)?;
+    // A single node's log is verified before anything else; a cluster
+    // member's is Raft's, opened once the mailbox exists.
+    let opened = match &settings.cluster {
+        None => Some(
+            recovery::open(
+                &settings.data_dir,
+                &Options {
+                    segment_bytes: settings.log_segment_bytes,
+                    sync,
+                    recover: launch.recover,
+                },
+            )
+            .map_err(Failure::Start)?,
+        ),
+        Some(_) => None,
+    };
 
     let ctx = zmq::Context::new();
     let router = bind_router(&ctx, &settings).map_err(Failure::Start)?;
@@ -107,18 +109,33 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     };
     let mut own = vec![me];
     own.extend(pubsub.running().map(|p| p.record(&address)));
-    let recovery::Opened { state, files } = opened;
-    let last = files.last;
-    let log = LocalLog::start(
-        files,
-        LocalSettings {
-            data_dir: settings.data_dir.clone(),
-            sync,
-            snapshot_log_bytes: settings.snapshot_log_bytes,
-        },
-        poster()?,
-    )
-    .map_err(Failure::Start)?;
+    let (state, last, log, node, _lock): (_, _, Box<dyn log::Log>, _, _) = match (opened, &settings.cluster) {
+        (Some(recovery::Opened { state, files }), _) => {
+            let last = files.last;
+            let log = LocalLog::start(
+                files,
+                LocalSettings {
+                    data_dir: settings.data_dir.clone(),
+                    sync,
+                    snapshot_log_bytes: settings.snapshot_log_bytes,
+                },
+                poster()?,
+            )
+            .map_err(Failure::Start)?;
+            (state, last, Box::new(log), None, None)
+        }
+        (None, Some(cluster)) => {
+            let started = start_cluster(&settings, cluster, &ctx, poster()?, sync).map_err(Failure::Start)?;
+            (
+                started.state,
+                started.last,
+                started.log,
+                Some(started.node),
+                Some(started.lock),
+            )
+        }
+        (None, None) => return Err(Failure::Start("no log to run on".into())),
+    };
 
     let probe_settings = prober::ProbeSettings {
         interval: Duration::from_millis(settings.probe_interval_ms),
@@ -145,7 +162,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         mailbox,
         registry,
         leases,
-        log: Box::new(log),
+        log,
         prober: probe_tx,
         settings,
         overrides: launch.overrides,
@@ -158,7 +175,9 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         pubsub,
         events,
         probe_failures: Default::default(),
-        cluster: None,
+        cluster: node,
+        admin_pending: Default::default(),
+        next_admin: 0,
     };
     server.probe_all();
 
@@ -189,6 +208,59 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     }
     info!("every acknowledged write is durable; pycomd stopped");
     Ok(())
+}
+
+/// A cluster member's start: its Raft log and state machine in
+/// `data_dir/raft`, and the server's part of the cluster.
+struct ClusterStart {
+    state: registry::State,
+    last: log::LogId,
+    log: Box<dyn log::Log>,
+    node: cluster::Node,
+    lock: std::fs::File,
+}
+
+fn start_cluster(
+    settings: &Settings,
+    cluster: &config::ClusterSettings,
+    ctx: &zmq::Context,
+    poster: mailbox::Poster,
+    sync: bool,
+) -> Result<ClusterStart, String> {
+    let members = cluster.member_ids()?;
+    let lock = recovery::lock_data_dir(&settings.data_dir)?;
+    let single = recovery::log_dir(&settings.data_dir);
+    if std::fs::read_dir(&single).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(format!(
+            "the data dir {} holds a single-node registry ({}); a cluster member starts from an empty data dir (turning a single node's registry into a cluster's is not supported yet)",
+            settings.data_dir.display(),
+            single.display()
+        ));
+    }
+    let dir = log::raft::raft_dir(&settings.data_dir);
+    let store = log::raft::store::LogStore::open(&dir, sync)?;
+    let poster = std::sync::Arc::new(std::sync::Mutex::new(poster));
+    let (sm, opened) = log::raft::sm::StateMachine::open(&dir, poster.clone())?;
+    let last = opened.applied.as_ref().map(log::raft::log_id).unwrap_or_default();
+    let raft = log::raft::RaftLog::start(cluster, members.clone(), store, sm, poster)?;
+    let status = cluster::Status {
+        node: cluster.node_id,
+        role: cluster::Role::Follower,
+        leader: None,
+        term: 0,
+        members: members.into_iter().map(|(id, m)| (id, m.client)).collect(),
+        commit_index: 0,
+        applied_index: last.index,
+        leader_silent_ms: None,
+    };
+    let relay = cluster::relay::Relay::new(ctx.clone(), Duration::from_millis(cluster.write_timeout_ms));
+    Ok(ClusterStart {
+        state: opened.state,
+        last,
+        log: Box::new(raft),
+        node: cluster::Node { status, relay },
+        lock,
+    })
 }
 
 fn bind_router(ctx: &zmq::Context, settings: &Settings) -> Result<zmq::Socket, String> {

@@ -47,12 +47,13 @@ impl LogControl {
     }
 }
 
-/// A bare level ("debug") applies to pycom's own code; dependencies (sled)
-/// stay at warn. Anything else is a full tracing directive list.
+/// A bare level ("debug") applies to pycom's own code; dependencies stay
+/// at warn (openraft at error: it warns ten times a second while a peer is
+/// down, which pycomd's own role changes already say). Anything else is a full tracing directive list.
 fn parse_filter(spec: &str) -> Result<EnvFilter, String> {
     let level = spec.trim();
     let directives = if !level.is_empty() && level.chars().all(|c| c.is_ascii_alphabetic()) {
-        format!("warn,pycomd={level},pycom_client={level}")
+        format!("warn,openraft=error,pycomd={level},pycom_client={level}")
     } else {
         level.to_string()
     };

@@ -25,6 +25,31 @@ pub enum Event {
     },
     /// The cluster's view from this node changed (role, leader, term).
     Cluster(crate::cluster::Status),
+    /// A cluster proposal of this node that will not be committed (or
+    /// whose fate is unknown): answer it with code 7.
+    Refused {
+        seq: u64,
+        outcome: crate::cluster::Outcome,
+        /// The leader's request endpoint, if known.
+        leader: Option<String>,
+        why: String,
+    },
+    /// A cluster change asked with `Log::admin` is done (or refused).
+    AdminDone {
+        id: u64,
+        result: Result<serde_json::Value, pycom_client::proto::Fault>,
+    },
+    /// Raft applied entries up to here (commands come as `Committed`).
+    Applied(LogId),
+    /// Raft wants a snapshot: the state as of everything posted before, as
+    /// `log::snapshot` JSON.
+    SnapshotWanted(tokio::sync::oneshot::Sender<Vec<u8>>),
+    /// A snapshot from the leader replaces the state.
+    InstallSnapshot {
+        state: crate::registry::State,
+        last: LogId,
+        ack: tokio::sync::oneshot::Sender<()>,
+    },
     /// The log has grown enough since the last snapshot: once the state
     /// includes `upto`, hand the log a snapshot of it.
     SnapshotDue {

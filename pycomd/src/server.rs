@@ -73,6 +73,9 @@ pub struct Server {
     pub probe_failures: crate::registry::Map<String, u32>,
     /// This node's part in a cluster, if it is in one.
     pub cluster: Option<cluster::Node>,
+    /// Cluster changes asked and not yet done: who asked.
+    pub admin_pending: std::collections::HashMap<u64, Vec<zmq::Message>>,
+    pub next_admin: u64,
 }
 
 /// How the server stopped.
@@ -100,6 +103,16 @@ impl Server {
             self.expire(now);
             if let Some(node) = &mut self.cluster {
                 node.relay.expire(now, &mut self.outbox);
+                for reply in self.log.overdue(now) {
+                    self.stats.faults += 1;
+                    let fault = Fault::unavailable(format!(
+                        "the write was not committed within write_timeout_ms = {}; it may or may not have been applied (outcome unknown): read before retrying",
+                        self.log.write_timeout().map_or(0, |t| t.as_millis())
+                    ));
+                    let body =
+                        cluster::outcome_fault(&fault, cluster::Outcome::Unknown, node.leader_elsewhere());
+                    self.outbox.push(reply.envelope, proto::STATUS_OK, body);
+                }
             }
             let relay_due = self.cluster.as_ref().and_then(|n| n.relay.next_deadline());
             let wait = self
@@ -109,6 +122,11 @@ impl Server {
                 .chain(relay_due)
                 .min()
                 .map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
+            // A cluster's writes time out: look at them often enough.
+            let wait = match self.cluster {
+                Some(_) => wait.min(Duration::from_millis(100)),
+                None => wait,
+            };
             // Round up: waking a millisecond early would spin until the deadline.
             let wait_ms = i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(500);
             let serving = matches!(flow, Flow::Serve);
@@ -240,6 +258,9 @@ impl Server {
             ));
             return self.reply_fault(envelope, &fault);
         }
+        if request.interface == cluster::INTERFACE {
+            return self.cluster_request(envelope, &request.method, request.args);
+        }
         if request.interface == pycom_client::pubsub::wire::INTERFACE {
             let body = match &self.pubsub {
                 pubsub::Started::Running(forwarder) => {
@@ -291,6 +312,36 @@ impl Server {
                 }
                 self.outbox.push_body(envelope, proto::STATUS_OK, body);
             }
+        }
+    }
+
+    /// `org.pycom.cluster`: `status` at once; changes through the leader's
+    /// Raft, answered when done.
+    fn cluster_request(
+        &mut self,
+        envelope: Vec<zmq::Message>,
+        method: &str,
+        args: Option<&serde_json::value::RawValue>,
+    ) {
+        if method == "status" {
+            let body = match &self.cluster {
+                Some(node) => proto::encode_response(Ok(&node.status), None),
+                None => proto::encode_fault(
+                    &Fault::not_found("this pycomd is a single node, not a cluster member (no [cluster] in its configuration)"),
+                    None,
+                ),
+            };
+            return self.outbox.push(envelope, proto::STATUS_OK, body);
+        }
+        let asked = cluster::Admin::parse(method, args).and_then(|op| {
+            self.next_admin += 1;
+            self.log.admin(op, self.next_admin).map(|()| self.next_admin)
+        });
+        match asked {
+            Ok(id) => {
+                self.admin_pending.insert(id, envelope);
+            }
+            Err(fault) => self.reply_fault(envelope, &fault),
         }
     }
 
@@ -404,6 +455,58 @@ impl Server {
                     }
                 }
                 Event::Cluster(status) => self.follow_cluster(status),
+                Event::Refused {
+                    seq,
+                    outcome,
+                    leader,
+                    why,
+                } => {
+                    if let Some(reply) = self.log.refused(seq) {
+                        self.stats.faults += 1;
+                        let fault = match outcome {
+                            cluster::Outcome::NotApplied => {
+                                Fault::unavailable(format!("the write was not applied: {why}; nothing was changed: retry"))
+                            }
+                            cluster::Outcome::Unknown => Fault::unavailable(format!(
+                                "{why}; the write may or may not have been applied (outcome unknown): read before retrying"
+                            )),
+                        };
+                        let body = cluster::outcome_fault(&fault, outcome, leader.as_deref());
+                        self.outbox.push(reply.envelope, proto::STATUS_OK, body);
+                    }
+                }
+                Event::Applied(log_id) => self.applied = self.applied.max(log_id),
+                Event::AdminDone { id, result } => {
+                    if let Some(envelope) = self.admin_pending.remove(&id) {
+                        match result {
+                            Ok(value) => self.outbox.push(
+                                envelope,
+                                proto::STATUS_OK,
+                                proto::encode_response(Ok(&value), None),
+                            ),
+                            Err(fault) => self.reply_fault(envelope, &fault),
+                        }
+                    }
+                }
+                Event::SnapshotWanted(answer) => {
+                    let snapshot = Snapshot::of(self.registry.state(), self.applied);
+                    match snapshot.encode() {
+                        Ok(bytes) => {
+                            let _ = answer.send(bytes);
+                        }
+                        Err(e) => error!("cannot encode a snapshot for Raft: {e}"),
+                    }
+                }
+                Event::InstallSnapshot { state, last, ack } => {
+                    info!(
+                        index = last.index,
+                        records = state.len(),
+                        "installing the leader's snapshot"
+                    );
+                    self.registry.replace_state(state);
+                    self.applied = last;
+                    let _ = ack.send(());
+                }
                 Event::LogStopped { failed_batches } => {
                     let unwritten = match flow {
                         Flow::Draining { unwritten } => unwritten,
@@ -463,7 +566,10 @@ impl Server {
             log_id,
             command,
             reply,
+            request,
         } = entry;
+        let reply =
+            reply.or_else(|| request.and_then(|(origin, seq)| self.log.claim(origin, seq, log_id.index)));
         let (result, changes) = self.registry.apply(&command);
         self.applied = log_id;
         let now = Instant::now();

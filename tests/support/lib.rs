@@ -5,8 +5,11 @@
 //! The binaries are taken from the target directory this test was built
 //! into (`cargo build --workspace` first; `tests/run.sh` does).
 
+pub mod cluster;
 pub mod fixtures;
+pub mod linearizability;
 pub mod mounts;
+pub mod proxy;
 
 use pycom_client::{Connection, NameserverClient, Registration};
 use std::io::Read;
@@ -95,7 +98,21 @@ impl Daemon {
     /// The forwarder gets free ports of its own (unless `env` says
     /// otherwise), so that parallel tests never share pycomd's defaults.
     fn new(dir: tempfile::TempDir, data_dir: PathBuf, env: &[(&str, &str)], args: &[&str]) -> Daemon {
-        let port = free_port();
+        let mut daemon = Daemon::unstarted(free_port(), dir, data_dir, env, args);
+        daemon.spawn();
+        daemon
+    }
+
+    /// As [`Daemon::new`], on `port`, without starting it ([`Daemon::spawn`],
+    /// or [`Daemon::launch`] then [`Daemon::wait_serving`]); its log goes in
+    /// `dir`, which it keeps.
+    pub(crate) fn unstarted(
+        port: u16,
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Daemon {
         let (xsub, xpub) = (
             format!("tcp://127.0.0.1:{}", free_port()),
             format!("tcp://127.0.0.1:{}", free_port()),
@@ -108,7 +125,7 @@ impl Daemon {
             all.retain(|(name, _)| name != k);
             all.push((k.to_string(), v.to_string()));
         }
-        let mut daemon = Daemon {
+        Daemon {
             child: None,
             port,
             endpoint: format!("tcp://127.0.0.1:{port}"),
@@ -119,13 +136,23 @@ impl Daemon {
             env: all,
             args: args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
     /// Start (again) on the same port and data dir; waits until it serves.
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_serving();
+    }
+
+    /// Whether it was started and not since stopped through this handle
+    /// ([`Daemon::kill9`], [`Daemon::terminate`], [`Daemon::wait_for_exit`]).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Start the process, without waiting for it to serve.
+    pub(crate) fn launch(&mut self) {
         assert!(self.child.is_none(), "pycomd is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -146,6 +173,11 @@ impl Daemon {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn pycomd"));
+    }
+
+    /// Wait until a started pycomd answers `stat`; panics with its log
+    /// when it exits first or takes more than 15 s.
+    pub(crate) fn wait_serving(&mut self) {
         let ok = wait_until(Duration::from_secs(15), || {
             self.assert_running();
             self.ns_with_timeout(200).stat().is_ok()

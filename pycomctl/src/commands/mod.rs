@@ -1,6 +1,7 @@
 //! One function per subcommand; each talks to pycomd through pycom-client.
 
 mod call;
+mod cluster;
 mod pubsub;
 mod registry;
 
@@ -132,6 +133,10 @@ fn dispatch(cli: &Cli, ctx: &Context) -> Result<(), Failure> {
     let mut ns = ctx.nameserver();
     match &cli.command {
         Command::Stat => registry::stat(cli, &mut ns),
+        Command::Cluster {
+            command: crate::ClusterCommand::Status,
+        } => cluster::status(cli, &mut ns),
+        Command::Cluster { command } => cluster::change(cli, ctx, &mut ns, command),
         Command::ListServices {
             interface,
             service,

@@ -13,6 +13,60 @@ use pycom_client::proto::{self, Fault};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// The interface of a member's cluster operations.
+pub const INTERFACE: &str = "org.pycom.cluster";
+
+/// A change to the cluster, asked of its leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// Join a node: as a learner (it catches up), then as a voter.
+    Add { id: u64, peer: String, client: String },
+    /// Remove a voter.
+    Remove { id: u64 },
+    /// Hand leadership to another voter.
+    TransferLeader { id: u64 },
+}
+
+impl Admin {
+    /// Decode `add {id, peer, client}`, `remove {id}`, `transfer_leader {id}`.
+    pub fn parse(method: &str, args: Option<&serde_json::value::RawValue>) -> Result<Admin, Fault> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Args {
+            id: u64,
+            #[serde(default)]
+            peer: Option<String>,
+            #[serde(default)]
+            client: Option<String>,
+        }
+        let args: Args = args
+            .ok_or_else(|| Fault::bad_request(format!("{method}: args {{id, ...}} are required")))
+            .and_then(|raw| {
+                serde_json::from_str(raw.get()).map_err(|e| Fault::bad_request(format!("{method}: {e}")))
+            })?;
+        match method {
+            "add" => match (args.peer, args.client) {
+                (Some(peer), Some(client)) if client.contains("://") && peer.contains(':') => {
+                    Ok(Admin::Add {
+                        id: args.id,
+                        peer,
+                        client,
+                    })
+                }
+                _ => Err(Fault::bad_request(
+                    "add: 'peer' (host:port) and 'client' (tcp://host:port) are required",
+                )),
+            },
+            "remove" => Ok(Admin::Remove { id: args.id }),
+            "transfer_leader" => Ok(Admin::TransferLeader { id: args.id }),
+            other => Err(Fault::new(
+                pycom_client::Code::MethodNotFound,
+                format!("interface {INTERFACE} has no method '{other}'"),
+            )),
+        }
+    }
+}
+
 /// The key of the cluster's extension in replies.
 pub const EXTENSION: &str = "org.pycom.cluster";
 

@@ -251,6 +251,7 @@ impl Writer {
                         log_id,
                         command: p.command,
                         reply: p.reply,
+                        request: None,
                     })
                     .collect();
                 self.poster.post(Event::Committed(committed));

@@ -14,6 +14,7 @@
 //! verified before anything is opened for writing ([`recovery`]).
 
 pub mod local;
+pub mod raft;
 pub mod recovery;
 pub mod snapshot;
 pub mod wal;
@@ -69,6 +70,9 @@ pub struct Committed {
     pub log_id: LogId,
     pub command: Command,
     pub reply: Option<ReplyTo>,
+    /// In a cluster: the node that proposed it and its sequence number,
+    /// so that node finds the reply waiting ([`Log::claim`]).
+    pub request: Option<(u64, u64)>,
 }
 
 /// A proposal the log could not even queue, handed back with the fault to
@@ -96,6 +100,35 @@ pub trait Log {
 
     /// Counters for `stat`.
     fn stats(&self) -> LogStats;
+
+    /// The reply waiting for the entry proposed as `seq` by node `origin`
+    /// (a replicated log keeps replies itself), now at `index`.
+    fn claim(&mut self, _origin: u64, _seq: u64, _index: u64) -> Option<ReplyTo> {
+        None
+    }
+
+    /// The reply of the proposal `seq`, which will not be committed here.
+    fn refused(&mut self, _seq: u64) -> Option<ReplyTo> {
+        None
+    }
+
+    /// Replies whose entries were not committed within the write timeout.
+    fn overdue(&mut self, _now: std::time::Instant) -> Vec<ReplyTo> {
+        Vec::new()
+    }
+
+    /// Ask the cluster for a change (a cluster member's log only); the
+    /// answer comes back as `AdminDone` with `id`.
+    fn admin(&mut self, _op: crate::cluster::Admin, _id: u64) -> Result<(), Fault> {
+        Err(Fault::not_found(
+            "this pycomd is a single node, not a cluster member (no [cluster] in its configuration)",
+        ))
+    }
+
+    /// How long a write may take before it answers code 7 (a cluster's).
+    fn write_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// What the log has done, for `stat`.

@@ -45,6 +45,20 @@ pub struct LogFiles {
     pub lock: File,
 }
 
+/// Take the data dir's LOCK: a second pycomd on the same dir is refused.
+pub fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
+    let dir_err = |e: std::io::Error| format!("cannot use the data dir {}: {e}", data_dir.display());
+    std::fs::create_dir_all(data_dir).map_err(dir_err)?;
+    let lock = File::create(data_dir.join("LOCK")).map_err(dir_err)?;
+    if lock.try_lock().is_err() {
+        return Err(format!(
+            "the data dir {} is in use by another pycomd (its LOCK file is locked)",
+            data_dir.display()
+        ));
+    }
+    Ok(lock)
+}
+
 pub fn log_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("log")
 }
@@ -54,13 +68,7 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
     let dir_err = |e: std::io::Error| format!("cannot use the data dir {}: {e}", data_dir.display());
     let log_dir = log_dir(data_dir);
     std::fs::create_dir_all(&log_dir).map_err(dir_err)?;
-    let lock = File::create(data_dir.join("LOCK")).map_err(dir_err)?;
-    if lock.try_lock().is_err() {
-        return Err(format!(
-            "the data dir {} is in use by another pycomd (its LOCK file is locked)",
-            data_dir.display()
-        ));
-    }
+    let lock = lock_data_dir(data_dir)?;
     wal::sync_dir(data_dir).map_err(dir_err)?;
     refuse_old_format(data_dir)?;
     snapshot::remove_leftovers(data_dir).map_err(dir_err)?;

@@ -71,13 +71,21 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Write `snapshot` durably; returns its path and size in bytes.
+impl Snapshot {
+    /// The state as JSON ([`SnapshotData`]): a file's payload, or what a
+    /// cluster's leader sends a follower far behind.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
+        let data = SnapshotRef {
+            last: self.last,
+            revision: self.revision,
+            records: &self.records,
+        };
+        serde_json::to_vec(&data).map_err(io::Error::other)
+    }
+}
+
 pub fn write(dir: &Path, snapshot: &Snapshot, sync: bool) -> io::Result<(PathBuf, u64)> {
-    let data = SnapshotRef {
-        last: snapshot.last,
-        revision: snapshot.revision,
-        records: &snapshot.records,
-    };
-    let payload = serde_json::to_vec(&data).map_err(io::Error::other)?;
+    let payload = snapshot.encode()?;
     let target = path(dir, snapshot.last.index);
     let tmp = target.with_extension("snap.tmp");
     let mut file = File::create(&tmp)?;

@@ -97,6 +97,34 @@ pub fn encode_frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
+/// One frame read from a file of frames without magic or indices (the
+/// Raft log's operations).
+pub enum ReadFrame<'a> {
+    /// A verified payload, and the offset after it.
+    Whole(&'a [u8], usize),
+    /// No bytes left.
+    End,
+    /// A frame cut short, or zeros, at the end: a crash mid-write.
+    Torn,
+    /// Damage with whole frames after it, or a frame that cannot be right.
+    Damaged(&'static str),
+}
+
+pub fn read_frame(bytes: &[u8], at: usize) -> ReadFrame<'_> {
+    if at >= bytes.len() {
+        return ReadFrame::End;
+    }
+    match frame_at(bytes, at) {
+        Frame::Whole(payload, next) => ReadFrame::Whole(payload, next),
+        Frame::Short => ReadFrame::Torn,
+        Frame::Bad(what) if torn_from(bytes, at) => {
+            let _ = what;
+            ReadFrame::Torn
+        }
+        Frame::Bad(what) => ReadFrame::Damaged(what),
+    }
+}
+
 /// Read and verify a whole segment.
 pub fn scan(path: &Path, first: u64) -> io::Result<Scan> {
     scan_from(path, first, 0)

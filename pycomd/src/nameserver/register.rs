@@ -46,6 +46,13 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
                 "field 'ttl_ms' is {ttl}; it must be between {min} and {max}"
             )));
         }
+        if let Some(least) = ctx.settings.cluster.as_ref().map(|c| c.min_lease_ms()) {
+            if ttl < least {
+                return Err(args.fault(format_args!(
+                    "field 'ttl_ms' is {ttl}; in a cluster a lease must be at least {least} ms (three election timeouts), or a change of leader could let it run out while its owner renews"
+                )));
+            }
+        }
     }
     let metadata = match args.get("metadata") {
         None => None,

@@ -74,6 +74,10 @@ impl History {
         }
     }
 
+    pub fn limits(&self) -> (usize, usize) {
+        (self.max_changes, self.max_bytes)
+    }
+
     pub fn set_limits(&mut self, max_changes: usize, max_bytes: usize) {
         self.max_changes = max_changes;
         self.max_bytes = max_bytes;

@@ -365,6 +365,16 @@ impl Registry {
         outcome
     }
 
+    /// Start again from `state` (a cluster's snapshot from the leader),
+    /// keeping pycomd's own records and the history's bounds; the history
+    /// starts anew at the new revision.
+    pub fn replace_state(&mut self, state: State) {
+        let own: Vec<Record> = self.own.values().cloned().collect();
+        let (max_changes, max_bytes) = self.history.limits();
+        *self = Registry::new(state, own);
+        self.history.set_limits(max_changes, max_bytes);
+    }
+
     /// The recent changes (`changes`).
     pub fn history(&self) -> &history::History {
         &self.history
