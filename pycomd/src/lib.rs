@@ -251,7 +251,6 @@ fn start_cluster(
         members: members.into_iter().map(|(id, m)| (id, m.client)).collect(),
         commit_index: 0,
         applied_index: last.index,
-        leader_silent_ms: None,
     };
     let relay = cluster::relay::Relay::new(ctx.clone(), Duration::from_millis(cluster.write_timeout_ms));
     Ok(ClusterStart {

@@ -40,6 +40,11 @@ const BATCH: usize = 256;
 const BATCH_TIME: Duration = Duration::from_millis(2);
 /// Longest wait in one poll, so a clock jump cannot delay expiry for long.
 const MAX_WAIT: Duration = Duration::from_millis(500);
+/// A turn of the loop that took longer than this was a stall (the process
+/// was stopped, the machine swapped): renewals sent meanwhile wait unread,
+/// so leases start a fresh full term before anything is expired (etcd
+/// #12528).
+const STALL: Duration = Duration::from_secs(1);
 /// How long the request socket stays open after the last replies of a
 /// stop: a client's libzmq (with ZMQ_IMMEDIATE, as pycom-client sets)
 /// discards a reply it has received but not yet handed to the application
@@ -98,8 +103,10 @@ impl Server {
     pub fn run(mut self) -> Stopped {
         let mut flow = Flow::Serve;
         let mut answered_while_stopping = 0u64;
+        let mut last_turn = Instant::now();
         loop {
             let now = Instant::now();
+            self.notice_stall(last_turn, now, Duration::ZERO);
             self.expire(now);
             if let Some(node) = &mut self.cluster {
                 node.relay.expire(now, &mut self.outbox);
@@ -130,6 +137,7 @@ impl Server {
             // Round up: waking a millisecond early would spin until the deadline.
             let wait_ms = i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(500);
             let serving = matches!(flow, Flow::Serve);
+            let stalled;
             let (mail, requests, relayed) = {
                 let mut items = vec![self.mailbox.as_poll_item()];
                 if serving {
@@ -138,7 +146,9 @@ impl Server {
                 if let Some(item) = self.cluster.as_ref().and_then(|n| n.relay.as_poll_item()) {
                     items.push(item);
                 }
-                match zmq::poll(&mut items, wait_ms) {
+                let polled = zmq::poll(&mut items, wait_ms);
+                stalled = Instant::now().duration_since(now) > wait + STALL;
+                match polled {
                     Ok(_) => {}
                     // A signal arrived; its event is read on the next turn.
                     Err(zmq::Error::EINTR) => continue,
@@ -154,6 +164,13 @@ impl Server {
                     items.get(relay_at).is_some_and(|i| i.is_readable()),
                 )
             };
+            // Before anything waiting is read: renewals sent during a stall
+            // must find their leases still there.
+            let polled_at = Instant::now();
+            if stalled {
+                self.notice_stall(now, polled_at, wait);
+            }
+            last_turn = polled_at;
             if mail {
                 flow = self.read_mail(flow);
             }
@@ -645,17 +662,35 @@ impl Server {
         node.relay.follow(leader.as_deref(), &mut self.outbox);
         let is_leader = node.status.is_leader();
         if is_leader && !was_leader {
-            let now = Instant::now();
-            let leased = self
-                .registry
-                .state()
-                .records()
-                .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
-            self.leases = Leases::start(leased, now);
+            self.renew_all(Instant::now());
             self.probe_all();
         } else if was_leader && !is_leader {
             let _ = self.prober.send(ProbeCmd::UnwatchAll);
         }
+    }
+
+    /// A turn from `since` to `now` that took more than `expected` by over
+    /// [`STALL`]: give every lease a fresh term.
+    fn notice_stall(&mut self, since: Instant, now: Instant, expected: Duration) {
+        let took = now.duration_since(since);
+        if took > expected + STALL {
+            warn!(
+                stalled_ms = took.saturating_sub(expected).as_millis() as u64,
+                "pycomd stalled: every lease starts a fresh term before any expires"
+            );
+            self.renew_all(now);
+        }
+    }
+
+    /// Every lease a fresh full term from `now` (on becoming leader, after
+    /// a stall): renewals sent meanwhile were not seen here.
+    fn renew_all(&mut self, now: Instant) {
+        let leased = self
+            .registry
+            .state()
+            .records()
+            .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
+        self.leases = Leases::start(leased, now);
     }
 
     /// How a record is kept alive, the one place that decides: with a

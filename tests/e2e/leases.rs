@@ -121,3 +121,53 @@ fn a_service_that_never_answered_is_dropped() {
         .locate("g", None)
         .is_err()));
 }
+
+/// A pycomd stopped (SIGSTOP) for longer than a lease, while its owner
+/// keeps renewing: on resuming, the renewals waiting unread are not
+/// expired out from under it (etcd #12528). Every lease starts a fresh
+/// term after a stall.
+#[test]
+fn a_stall_does_not_expire_leases_whose_owners_kept_renewing() {
+    let d = Daemon::start();
+    let mut ns = d.ns();
+    ns.register(&leased("/stalled", "tcp://127.0.0.1:1", &["stall"], 1000))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = {
+        let (stop, endpoint) = (stop.clone(), d.endpoint.clone());
+        std::thread::spawn(move || {
+            let ctx = zmq::Context::new();
+            let mut conn = pycom_client::Connection::open(&ctx, &endpoint).unwrap();
+            conn.set_timeout(Duration::from_secs(10));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = conn.invoke(
+                    "org.pycom.nameserver",
+                    "renew",
+                    serde_json::json!({"service": "/stalled", "address": "tcp://127.0.0.1:1"}),
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    d.signal("STOP");
+    // Longer than the lease: the renewals queue up unread. (A wait for
+    // time itself to pass, not for a condition.)
+    std::thread::sleep(Duration::from_millis(2500));
+    d.signal("CONT");
+    for _ in 0..10 {
+        assert!(
+            ns.locate("stall", None).is_ok(),
+            "the lease expired although its owner renewed all along: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renewer.join().unwrap();
+    assert!(!d.log().contains("lease expired"), "{}", d.log());
+    assert!(
+        d.log().contains("pycomd stalled"),
+        "the stall is logged: {}",
+        d.log()
+    );
+}

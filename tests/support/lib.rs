@@ -95,8 +95,9 @@ impl Daemon {
         Daemon::new(dir, data_dir.to_path_buf(), env, args)
     }
 
-    /// The forwarder gets free ports of its own (unless `env` says
-    /// otherwise), so that parallel tests never share pycomd's defaults.
+    /// The forwarder binds ports the system picks (unless `env` says
+    /// otherwise), so that parallel tests never share pycomd's defaults nor
+    /// race each other for a port found free a moment before.
     fn new(dir: tempfile::TempDir, data_dir: PathBuf, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let mut daemon = Daemon::unstarted(free_port(), dir, data_dir, env, args);
         daemon.spawn();
@@ -113,10 +114,7 @@ impl Daemon {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Daemon {
-        let (xsub, xpub) = (
-            format!("tcp://127.0.0.1:{}", free_port()),
-            format!("tcp://127.0.0.1:{}", free_port()),
-        );
+        let (xsub, xpub) = ("tcp://127.0.0.1:*".to_string(), "tcp://127.0.0.1:*".to_string());
         let mut all: Vec<(String, String)> = vec![
             ("PYCOMD_PUBSUB__XSUB".into(), xsub.clone()),
             ("PYCOMD_PUBSUB__XPUB".into(), xpub.clone()),
@@ -183,6 +181,25 @@ impl Daemon {
             self.ns_with_timeout(200).stat().is_ok()
         });
         assert!(ok, "pycomd did not start serving; log:\n{}", self.log());
+        // Where its forwarder is; a restart binds the same ports again, as
+        // a configured pycomd would (clients reconnect to them).
+        if let Ok(forwarder) = self.ns_with_timeout(2000).locate("org.pycom.pubsub", None) {
+            for (key, var) in [("xsub", "PYCOMD_PUBSUB__XSUB"), ("xpub", "PYCOMD_PUBSUB__XPUB")] {
+                let Some(endpoint) = forwarder.metadata.get(key) else {
+                    continue;
+                };
+                if key == "xsub" {
+                    self.xsub = endpoint.clone();
+                } else {
+                    self.xpub = endpoint.clone();
+                }
+                for (name, value) in &mut self.env {
+                    if name == var && value.ends_with(":*") {
+                        *value = endpoint.clone();
+                    }
+                }
+            }
+        }
     }
 
     fn assert_running(&mut self) {

@@ -102,10 +102,6 @@ pub struct Status {
     pub members: BTreeMap<u64, String>,
     pub commit_index: u64,
     pub applied_index: u64,
-    /// Milliseconds since this node last heard from a leader (followers):
-    /// reads are answered from a state at most about this old.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_silent_ms: Option<u64>,
 }
 
 impl Status {

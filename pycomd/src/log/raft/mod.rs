@@ -111,7 +111,10 @@ pub fn post(poster: &SharedPoster, event: Event) {
 
 /// What the server thread asks of the Raft thread.
 enum Ctl {
-    Propose(Request),
+    /// A proposal, and whether a follower may hand it to the leader: a
+    /// client's write may; the leader's own (an expiry, a probe verdict)
+    /// may not, since a node that lost the lead no longer knows the leases.
+    Propose(Request, bool),
     Admin(cluster::Admin, u64),
     Shutdown(std::sync::mpsc::Sender<()>),
 }
@@ -235,8 +238,14 @@ impl RaftLog {
                     tokio::spawn(watch(raft.clone(), me, network.clone(), poster.clone()));
                     while let Some(ctl) = requests.recv().await {
                         match ctl {
-                            Ctl::Propose(request) => {
-                                tokio::spawn(propose(raft.clone(), request, network.clone(), poster.clone()));
+                            Ctl::Propose(request, forward) => {
+                                tokio::spawn(propose(
+                                    raft.clone(),
+                                    request,
+                                    forward,
+                                    network.clone(),
+                                    poster.clone(),
+                                ));
                             }
                             Ctl::Admin(op, id) => {
                                 let poster = poster.clone();
@@ -284,7 +293,8 @@ impl Log for RaftLog {
             seq: self.next_seq,
             command: proposal.command.clone(),
         };
-        if self.ctl.try_send(Ctl::Propose(request)).is_err() {
+        let forward = proposal.reply.is_some();
+        if self.ctl.try_send(Ctl::Propose(request, forward)).is_err() {
             let fault = Fault::unavailable(format!(
                 "{}: {QUEUE} writes are already waiting for the cluster; nothing was changed: retry",
                 proposal.command.name()
@@ -423,7 +433,13 @@ async fn admin(raft: &Raft, op: cluster::Admin) -> Result<serde_json::Value, Fau
 
 /// Propose on this node; a follower hands it to the leader over the peer
 /// link. Success shows as this node's own apply; failures are posted.
-async fn propose(raft: Raft, request: Request, network: net::PeerNetwork, poster: SharedPoster) {
+async fn propose(
+    raft: Raft,
+    request: Request,
+    forward: bool,
+    network: net::PeerNetwork,
+    poster: SharedPoster,
+) {
     let seq = request.seq;
     let refuse = |outcome, leader: Option<String>, why: String| {
         post(
@@ -444,6 +460,11 @@ async fn propose(raft: Raft, request: Request, network: net::PeerNetwork, poster
         },
     };
     match error {
+        ClientWriteError::ForwardToLeader(_) if !forward => refuse(
+            Outcome::NotApplied,
+            None,
+            "this node no longer leads; the new leader decides about leases and probes".into(),
+        ),
         ClientWriteError::ForwardToLeader(to) => match (to.leader_id, to.leader_node) {
             (Some(leader), Some(node)) => {
                 match net::forward(leader, network.peer(leader, &node), request).await {
@@ -516,7 +537,6 @@ async fn watch(raft: Raft, me: u64, network: net::PeerNetwork, poster: SharedPos
                 members,
                 commit_index: m.local_committed.map_or(0, |c| c.index),
                 applied_index: m.last_applied.map_or(0, |a| a.index),
-                leader_silent_ms: None,
             }
         };
         if last.as_ref() != Some(&status) {
