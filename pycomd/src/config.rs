@@ -400,6 +400,13 @@ impl Settings {
         Ok(())
     }
 
+    /// ZMQ_MAXMSGSIZE for sockets facing the network: a hard cap well above
+    /// `max_message_bytes`, so libzmq drops a peer that sends a larger
+    /// frame before allocating it.
+    pub fn frame_hard_cap(&self) -> i64 {
+        self.max_message_bytes.saturating_mul(16).min(i64::MAX as usize) as i64
+    }
+
     /// The running settings after a reload to `new`: the [`LIVE`] ones
     /// taken from `new`, the rest kept. Returns them with the names of the
     /// settings applied and of those changed that need a restart.

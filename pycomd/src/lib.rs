@@ -251,6 +251,7 @@ fn start_cluster(
         members: members.into_iter().map(|(id, m)| (id, m.client)).collect(),
         commit_index: 0,
         applied_index: last.index,
+        cut_off: false,
     };
     let relay = cluster::relay::Relay::new(ctx.clone(), Duration::from_millis(cluster.write_timeout_ms));
     Ok(ClusterStart {
@@ -277,15 +278,10 @@ fn bind_router(ctx: &zmq::Context, settings: &Settings) -> Result<zmq::Socket, S
     router
         .set_backlog(settings.listen_backlog)
         .map_err(|e| fail("configure", e))?;
-    // A hard cap well above max_message_bytes: libzmq drops the connection of
-    // a peer that sends a single larger frame, before allocating it. Between
-    // the two limits the peer gets a code-4 reply naming the limit.
-    let hard_cap = settings
-        .max_message_bytes
-        .saturating_mul(16)
-        .min(i64::MAX as usize) as i64;
+    // Between max_message_bytes and the hard cap the peer gets a code-4
+    // reply naming the limit.
     router
-        .set_maxmsgsize(hard_cap)
+        .set_maxmsgsize(settings.frame_hard_cap())
         .map_err(|e| fail("configure", e))?;
     router
         .bind(&settings.listen)

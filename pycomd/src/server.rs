@@ -585,8 +585,9 @@ impl Server {
             reply,
             request,
         } = entry;
-        let reply =
-            reply.or_else(|| request.and_then(|(origin, seq)| self.log.claim(origin, seq, log_id.index)));
+        let reply = reply.or_else(|| {
+            request.and_then(|(origin, boot, seq)| self.log.claim(origin, boot, seq, log_id.index))
+        });
         let (result, changes) = self.registry.apply(&command);
         self.applied = log_id;
         let now = Instant::now();
@@ -649,11 +650,15 @@ impl Server {
             return;
         };
         let was_leader = node.status.is_leader();
-        if node.status.leader != status.leader || node.status.role != status.role {
+        if node.status.leader != status.leader
+            || node.status.role != status.role
+            || node.status.cut_off != status.cut_off
+        {
             info!(
                 role = ?status.role,
                 leader = ?status.leader.as_ref().map(|l| l.id),
                 term = status.term,
+                cut_off = status.cut_off,
                 "cluster"
             );
         }

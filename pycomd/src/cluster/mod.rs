@@ -102,11 +102,19 @@ pub struct Status {
     pub members: BTreeMap<u64, String>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// A leader that has not heard from a majority for longer than an
+    /// election timeout (cut off, or stalled): it takes no writes and keeps
+    /// no leases, and its reads may be behind, until it hears again or
+    /// steps down.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cut_off: bool,
 }
 
 impl Status {
+    /// Whether this node leads and knows it does (a majority heard it
+    /// lately): only then does it take writes and keep leases.
     pub fn is_leader(&self) -> bool {
-        self.role == Role::Leader
+        self.role == Role::Leader && !self.cut_off
     }
 }
 

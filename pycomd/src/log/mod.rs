@@ -70,9 +70,9 @@ pub struct Committed {
     pub log_id: LogId,
     pub command: Command,
     pub reply: Option<ReplyTo>,
-    /// In a cluster: the node that proposed it and its sequence number,
-    /// so that node finds the reply waiting ([`Log::claim`]).
-    pub request: Option<(u64, u64)>,
+    /// In a cluster: the node that proposed it, that node's run and its
+    /// sequence number, so that node finds the reply waiting ([`Log::claim`]).
+    pub request: Option<(u64, u64, u64)>,
 }
 
 /// A proposal the log could not even queue, handed back with the fault to
@@ -103,7 +103,7 @@ pub trait Log {
 
     /// The reply waiting for the entry proposed as `seq` by node `origin`
     /// (a replicated log keeps replies itself), now at `index`.
-    fn claim(&mut self, _origin: u64, _seq: u64, _index: u64) -> Option<ReplyTo> {
+    fn claim(&mut self, _origin: u64, _boot: u64, _seq: u64, _index: u64) -> Option<ReplyTo> {
         None
     }
 

@@ -64,11 +64,13 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
         )));
     }
     // Refusals that need no log entry; applying checks ownership again,
-    // against the state as it is by then.
+    // against the state as it is by then. In a cluster this node's state
+    // may be behind (a leader cut off, not yet knowing it): only the log
+    // may refuse an owner.
     let lapsed = ctx.leases.lapsed(&service, ctx.now);
     let old = ctx.registry.get(&service);
     match old {
-        Some(old) if lapsed.is_none() && old.address != address => {
+        Some(old) if lapsed.is_none() && old.address != address && ctx.cluster.is_none() => {
             return Err(not_owner(old, "register"));
         }
         Some(_) => {}

@@ -221,13 +221,9 @@ fn socket(ctx: &zmq::Context, kind: zmq::SocketType, settings: &Settings) -> Res
     let fail = |e: zmq::Error| format!("pub-sub: cannot create a socket: {e}");
     let socket = ctx.socket(kind).map_err(fail)?;
     let hwm = settings.pubsub.high_water_mark;
-    // A hard cap well above max_message_bytes: libzmq drops a peer that
-    // sends a larger frame before allocating it; between the two limits a
-    // publication is dropped and counted.
-    let hard_cap = settings
-        .max_message_bytes
-        .saturating_mul(16)
-        .min(i64::MAX as usize) as i64;
+    // Between max_message_bytes and the hard cap a publication is dropped
+    // and counted.
+    let hard_cap = settings.frame_hard_cap();
     socket
         .set_sndhwm(hwm)
         .and_then(|()| socket.set_rcvhwm(hwm))

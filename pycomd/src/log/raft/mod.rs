@@ -42,9 +42,12 @@ use tracing::info;
 /// What the log replicates: a command and where it was proposed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    /// The proposing node, and its count of proposals: that node finds the
-    /// reply waiting when it applies the entry.
+    /// The proposing node, this run of it, and its count of proposals:
+    /// that node finds the reply waiting when it applies the entry (and a
+    /// restarted node does not mistake an entry of its last run for one
+    /// of this run's).
     pub origin: u64,
+    pub boot: u64,
     pub seq: u64,
     pub command: Command,
 }
@@ -127,6 +130,9 @@ pub struct RaftLog {
     ctl: tokio::sync::mpsc::Sender<Ctl>,
     /// Replies waiting for their entries, by sequence number.
     pending: HashMap<u64, (ReplyTo, Instant)>,
+    /// This run of the node: random, so entries of an earlier run are
+    /// never taken for this one's.
+    boot: u64,
     next_seq: u64,
     write_timeout: Duration,
     thread: Option<JoinHandle<()>>,
@@ -275,6 +281,7 @@ impl RaftLog {
             me,
             ctl,
             pending: HashMap::new(),
+            boot: uuid::Uuid::new_v4().as_u64_pair().0,
             next_seq: 0,
             write_timeout: Duration::from_millis(settings.write_timeout_ms),
             thread: Some(thread),
@@ -290,6 +297,7 @@ impl Log for RaftLog {
         self.next_seq += 1;
         let request = Request {
             origin: self.me,
+            boot: self.boot,
             seq: self.next_seq,
             command: proposal.command.clone(),
         };
@@ -344,10 +352,10 @@ impl Log for RaftLog {
         }
     }
 
-    fn claim(&mut self, origin: u64, seq: u64, index: u64) -> Option<ReplyTo> {
+    fn claim(&mut self, origin: u64, boot: u64, seq: u64, index: u64) -> Option<ReplyTo> {
         self.writes += 1;
         self.last_index = self.last_index.max(index);
-        if origin != self.me {
+        if origin != self.me || boot != self.boot {
             return None;
         }
         self.pending.remove(&seq).map(|(reply, _)| reply)
@@ -503,6 +511,16 @@ async fn watch(raft: Raft, me: u64, network: net::PeerNetwork, poster: SharedPos
     let mut metrics = raft.metrics();
     let mut last: Option<Status> = None;
     loop {
+        // A leader whose lease a majority has not renewed lately (cut off,
+        // or just elected and not yet heard back) takes no writes: its
+        // state may be behind. openraft checks the lease without a round
+        // trip.
+        let leads = metrics.borrow_watched().state == ServerState::Leader;
+        let cut_off = leads
+            && raft
+                .get_read_log_id(openraft::raft::ReadPolicy::LeaseRead)
+                .await
+                .is_err();
         let status = {
             let m = metrics.borrow_watched();
             let membership = m.membership_config.membership();
@@ -537,17 +555,26 @@ async fn watch(raft: Raft, me: u64, network: net::PeerNetwork, poster: SharedPos
                 members,
                 commit_index: m.local_committed.map_or(0, |c| c.index),
                 applied_index: m.last_applied.map_or(0, |a| a.index),
+                cut_off: cut_off && m.state == ServerState::Leader,
             }
         };
         if last.as_ref() != Some(&status) {
             last = Some(status.clone());
             post(&poster, Event::Cluster(status));
         }
-        if metrics.changed().await.is_err() {
-            return;
+        // A leader cut off changes nothing Raft reports: look again every
+        // tick as well (often while a leader is not sure of its lease).
+        let tick = Duration::from_millis(if cut_off { 20 } else { 100 });
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Metrics change with every entry; the server needs no
+                // more than a few updates a second for indices.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tokio::time::sleep(tick) => {}
         }
-        // Metrics change with every entry; the server needs no more than
-        // a few updates a second for indices, at once for roles.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

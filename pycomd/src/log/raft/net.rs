@@ -238,7 +238,8 @@ pub async fn forward(
     match r {
         Ok(()) => Ok(Ok(())),
         Err(RaftError::APIError(e)) => Ok(Err(e)),
-        Err(RaftError::Fatal(f)) => Err(Unreachable::new(&f).into()),
+        // The leader stopped: the entry may have been appended already.
+        Err(RaftError::Fatal(f)) => Err(NetworkError::new(&f).into()),
     }
 }
 

@@ -190,11 +190,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             last = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Normal(Request { origin, seq, command }) => batch.push(Committed {
+                EntryPayload::Normal(Request {
+                    origin,
+                    boot,
+                    seq,
+                    command,
+                }) => batch.push(Committed {
                     log_id: log_id(&entry.log_id),
                     command,
                     reply: None,
-                    request: Some((origin, seq)),
+                    request: Some((origin, boot, seq)),
                 }),
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m);
