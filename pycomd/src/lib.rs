@@ -253,7 +253,11 @@ fn start_cluster(
         applied_index: last.index,
         cut_off: false,
     };
-    let relay = cluster::relay::Relay::new(ctx.clone(), Duration::from_millis(cluster.write_timeout_ms));
+    let relay = cluster::relay::Relay::new(
+        ctx.clone(),
+        Duration::from_millis(cluster.write_timeout_ms),
+        settings.high_water_mark,
+    );
     Ok(ClusterStart {
         state: opened.state,
         last,

@@ -1,14 +1,19 @@
 //! A follower's writes, relayed to the leader: the request as the client
 //! sent it, over one DEALER connected to the leader's request endpoint;
 //! the leader's reply goes back to the client as it came. `renew` is
-//! relayed too (leases are the leader's). A relayed write that gets no
-//! reply within `write_timeout_ms` answers code 7 with outcome `unknown`:
-//! the leader may still commit it.
+//! relayed too (leases are the leader's).
+//!
+//! The leader sees this node as one peer, and its ROUTER drops replies to
+//! a peer past its high-water mark: so at most [`Relay::window`] requests
+//! are in flight, and the rest wait here, in order, until replies make
+//! room. A relayed request with no reply within `write_timeout_ms` answers
+//! code 7: outcome `unknown` once sent (the leader may still commit it),
+//! `not_applied` if it never left.
 
 use super::{outcome_fault, Outcome};
 use pycom_client::proto::{self, Fault};
 use pycom_client::router::Outbox;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -19,6 +24,8 @@ struct Pending {
     envelope: Vec<zmq::Message>,
     deadline: Instant,
     method: String,
+    /// Sent to the leader (else still waiting for room in the window).
+    sent: bool,
 }
 
 pub struct Relay {
@@ -26,28 +33,38 @@ pub struct Relay {
     /// The leader's request endpoint and the socket connected to it.
     leader: Option<(String, zmq::Socket)>,
     pending: HashMap<u64, Pending>,
+    /// Requests not sent yet, oldest first: their frames.
+    waiting: VecDeque<(u64, Vec<zmq::Message>)>,
+    in_flight: usize,
+    window: usize,
     next: u64,
     timeout: Duration,
 }
 
 impl Relay {
-    pub fn new(ctx: zmq::Context, timeout: Duration) -> Relay {
+    /// `leader_hwm`: the leader's high-water mark per peer (the
+    /// `high_water_mark` setting): the window stays well below it.
+    pub fn new(ctx: zmq::Context, timeout: Duration, leader_hwm: i32) -> Relay {
         Relay {
             ctx,
             leader: None,
             pending: HashMap::new(),
+            waiting: VecDeque::new(),
+            in_flight: 0,
+            window: usize::try_from(leader_hwm / 2).unwrap_or(1).max(1),
             next: 0,
             timeout,
         }
     }
 
     /// Relay to `leader` from now on (`None`: no leader known). Requests
-    /// relayed to a former leader may or may not have been applied.
+    /// relayed to a former leader may or may not have been applied; those
+    /// not sent yet go to the new one.
     pub fn follow(&mut self, leader: Option<&str>, outbox: &mut Outbox) {
         if self.leader.as_ref().map(|(e, _)| e.as_str()) == leader {
             return;
         }
-        self.fail_all(outbox, "the leader changed while the write was relayed to it");
+        self.fail_sent(outbox, "the leader changed while the write was relayed to it");
         self.leader = leader.and_then(|endpoint| {
             let socket = self.ctx.socket(zmq::DEALER).ok()?;
             socket.set_linger(0).ok()?;
@@ -56,6 +73,7 @@ impl Relay {
             socket.connect(endpoint).ok()?;
             Some((endpoint.to_string(), socket))
         });
+        self.send_waiting();
     }
 
     /// The leader relayed to, if any.
@@ -72,12 +90,12 @@ impl Relay {
         method: &str,
         now: Instant,
     ) -> Result<(), (Vec<zmq::Message>, Fault)> {
-        let Some((endpoint, socket)) = &self.leader else {
+        if self.leader.is_none() {
             let fault = Fault::unavailable(format!(
                 "{method}: no leader is known (an election may be under way); nothing was changed: retry, or another node"
             ));
             return Err((envelope, fault));
-        };
+        }
         if self.pending.len() >= MAX_PENDING {
             let fault = Fault::unavailable(format!(
                 "{method}: {MAX_PENDING} writes are already waiting for the leader; nothing was changed: retry"
@@ -86,25 +104,43 @@ impl Relay {
         }
         self.next += 1;
         let id = self.next;
-        let mut out: Vec<zmq::Message> = Vec::with_capacity(frames.len() + 2);
-        out.push(zmq::Message::from(&id.to_le_bytes()[..]));
-        out.push(zmq::Message::new());
-        out.extend(frames);
-        if let Err(e) = socket.send_multipart(out, zmq::DONTWAIT) {
-            let fault = Fault::unavailable(format!(
-                "{method}: cannot reach the leader at {endpoint} ({e}); nothing was changed: retry"
-            ));
-            return Err((envelope, fault));
-        }
         self.pending.insert(
             id,
             Pending {
                 envelope,
                 deadline: now + self.timeout,
                 method: method.to_string(),
+                sent: false,
             },
         );
+        self.waiting.push_back((id, frames));
+        self.send_waiting();
         Ok(())
+    }
+
+    /// Send what waits, as far as the window allows.
+    fn send_waiting(&mut self) {
+        let Some((_, socket)) = &self.leader else {
+            return;
+        };
+        while self.in_flight < self.window {
+            let Some((id, frames)) = self.waiting.pop_front() else {
+                return;
+            };
+            let Some(pending) = self.pending.get_mut(&id) else {
+                continue; // Timed out while waiting.
+            };
+            let mut out: Vec<zmq::Message> = Vec::with_capacity(frames.len() + 2);
+            out.push(zmq::Message::from(&id.to_le_bytes()[..]));
+            out.push(zmq::Message::new());
+            out.extend(frames);
+            if socket.send_multipart(out, zmq::DONTWAIT).is_err() {
+                // Not sent: it waits for its deadline (not applied).
+                continue;
+            }
+            pending.sent = true;
+            self.in_flight += 1;
+        }
     }
 
     pub fn as_poll_item(&self) -> Option<zmq::PollItem<'_>> {
@@ -124,6 +160,7 @@ impl Relay {
             let Some(pending) = id.and_then(|id| self.pending.remove(&id)) else {
                 continue;
             };
+            self.in_flight = self.in_flight.saturating_sub(1);
             // [id, "", status, body]
             let status = match frames.get(2).map(|s| &s[..]) {
                 Some(b"OK") => proto::STATUS_OK,
@@ -133,9 +170,11 @@ impl Relay {
             debug!(method = %pending.method, "relayed reply");
             outbox.push(pending.envelope, status, body);
         }
+        self.send_waiting();
     }
 
-    /// Relayed requests past their deadline: code 7, outcome unknown.
+    /// Relayed requests past their deadline: code 7, outcome unknown if
+    /// sent, not applied if they never left.
     pub fn expire(&mut self, now: Instant, outbox: &mut Outbox) {
         if self.pending.is_empty() {
             return;
@@ -146,25 +185,49 @@ impl Relay {
             .filter(|(_, p)| p.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
+        let leader = self.leader().map(str::to_string);
         for id in late {
-            if let Some(p) = self.pending.remove(&id) {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            let (fault, outcome) = if p.sent {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 let fault = Fault::unavailable(format!(
                     "{}: the leader did not answer within write_timeout_ms = {}; the write may or may not have been applied (outcome unknown): read before retrying",
                     p.method,
                     self.timeout.as_millis()
                 ));
-                outbox.push(
-                    p.envelope,
-                    proto::STATUS_OK,
-                    outcome_fault(&fault, Outcome::Unknown, self.leader()),
-                );
-            }
+                (fault, Outcome::Unknown)
+            } else {
+                let fault = Fault::unavailable(format!(
+                    "{}: the leader was too busy to take it within write_timeout_ms = {}; nothing was changed: retry",
+                    p.method,
+                    self.timeout.as_millis()
+                ));
+                (fault, Outcome::NotApplied)
+            };
+            outbox.push(
+                p.envelope,
+                proto::STATUS_OK,
+                outcome_fault(&fault, outcome, leader.as_deref()),
+            );
         }
+        self.send_waiting();
     }
 
-    fn fail_all(&mut self, outbox: &mut Outbox, why: &str) {
+    /// Requests sent to a leader that is no longer: their fate is unknown.
+    fn fail_sent(&mut self, outbox: &mut Outbox, why: &str) {
         let leader = self.leader().map(str::to_string);
-        for (_, p) in self.pending.drain() {
+        let sent: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in sent {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
             let fault = Fault::unavailable(format!(
                 "{}: {why}; it may or may not have been applied (outcome unknown): read before retrying",
                 p.method
@@ -175,6 +238,7 @@ impl Relay {
                 outcome_fault(&fault, Outcome::Unknown, leader.as_deref()),
             );
         }
+        self.in_flight = 0;
     }
 
     /// When the next relayed request runs out of time.
