@@ -4,7 +4,7 @@
 
 use pycom_client::proto::Request;
 use pycom_client::{Code, Connection};
-use pycom_e2e::cluster::{agreed_leader, Cluster, History};
+use pycom_e2e::cluster::{agreed_leader, Cluster, ClusterOptions, History};
 use pycom_e2e::linearizability::{RegistryInput, RegistryOutput};
 use pycom_e2e::{leased, wait_until};
 use serde_json::{json, Value};
@@ -1268,4 +1268,48 @@ fn a_node_far_behind_catches_up_by_snapshot() {
         "node {laggard} caught up without a snapshot (did the leader purge its log?); {}",
         cluster.report()
     );
+}
+
+/// Thousands of writes in flight through one follower: the leader sees the
+/// follower as one peer and drops replies past its high-water mark, so the
+/// follower keeps no more in flight than the leader takes, and every write
+/// is answered, none lost to a timeout.
+#[test]
+fn a_follower_relays_thousands_of_writes_in_flight() {
+    // A small high-water mark makes the leader drop replies to a peer that
+    // has more than 100 outstanding.
+    let cluster = Cluster::with(
+        3,
+        ClusterOptions {
+            env: vec![("PYCOMD_HIGH_WATER_MARK".into(), "100".into())],
+            ..ClusterOptions::default()
+        },
+    );
+    cluster.expect_leader(Duration::from_secs(10));
+    let follower = cluster.follower(Duration::from_secs(10));
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_sndhwm(100_000).unwrap();
+    dealer.set_rcvhwm(100_000).unwrap();
+    dealer.connect(cluster.endpoint(follower)).unwrap();
+    const N: usize = 3_000;
+    for i in 0..N {
+        let body = json!({"interface": "org.pycom.nameserver", "method": "register",
+            "args": {"service": format!("/relay/{i}"), "address": "tcp://127.0.0.1:9",
+                     "interface": "relay.many", "ttl_ms": 600_000}});
+        dealer
+            .send_multipart([&b""[..], b"CALL", body.to_string().as_bytes()], 0)
+            .unwrap();
+    }
+    dealer.set_rcvtimeo(10_000).unwrap();
+    let mut ok = 0;
+    for _ in 0..N {
+        let frames = dealer
+            .recv_multipart(0)
+            .unwrap_or_else(|e| panic!("only {ok} of {N} answered ({e}); {}", cluster.report()));
+        let reply: Value = serde_json::from_slice(&frames[2]).unwrap();
+        assert_eq!(reply["code"], 0, "{reply}");
+        ok += 1;
+    }
+    assert_eq!(ok, N);
 }
