@@ -342,6 +342,11 @@ impl Subscriber {
             if let Some(item) = self.queue.pop_front() {
                 return item.map(Some);
             }
+            // Messages waiting are taken without a poll (a system call
+            // each): poll only when none is.
+            if self.receive_one()? {
+                continue;
+            }
             let wait = match deadline {
                 None => -1,
                 Some(deadline) => poll_ms(deadline.saturating_duration_since(Instant::now())),
@@ -352,7 +357,9 @@ impl Subscriber {
                         return Ok(None);
                     }
                 }
-                Ok(_) => self.receive_one()?,
+                Ok(_) => {
+                    self.receive_one()?;
+                }
                 // A signal: the caller's deadline decides, not the signal.
                 Err(zmq::Error::EINTR) => {}
                 Err(source) => return Err(transport(&self.endpoint)(source)),
@@ -375,7 +382,9 @@ impl Subscriber {
                     })
                 }
                 Ok(0) | Err(zmq::Error::EINTR) => {}
-                Ok(_) => self.receive_one()?,
+                Ok(_) => {
+                    self.receive_one()?;
+                }
                 Err(source) => return Err(transport(&self.endpoint)(source)),
             }
         }
@@ -383,11 +392,11 @@ impl Subscriber {
     }
 
     /// Take one message off the socket (if there is one) and queue what
-    /// the application gets of it.
-    fn receive_one(&mut self) -> Result<()> {
+    /// the application gets of it; whether there was one.
+    fn receive_one(&mut self) -> Result<bool> {
         let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
             Ok(frames) => frames,
-            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(()),
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
             Err(source) => return Err(transport(&self.endpoint)(source)),
         };
         match self.accept(frames) {
@@ -410,7 +419,7 @@ impl Subscriber {
                 .set_unsubscribe(self.intake.ready_topic.as_bytes())
                 .map_err(transport(&self.endpoint))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The message in `frames` and the gap before it, if the application

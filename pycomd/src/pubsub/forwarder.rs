@@ -225,8 +225,14 @@ impl Forwarder {
                 ),
             ));
         }
-        match serde_json::from_slice::<HeaderCheck>(header) {
-            Ok(check) if check.replay.is_some() => {
+        // The shape every pycom publisher writes needs no parser.
+        let parsed = if plain_header(header) {
+            Ok(None)
+        } else {
+            serde_json::from_slice::<HeaderCheck>(header).map(Some)
+        };
+        match parsed {
+            Ok(Some(check)) if check.replay.is_some() => {
                 return Some((
                     Drop::Malformed,
                     format!("a publication on '{topic}' sets 'replay', which only the forwarder sets"),
@@ -343,6 +349,29 @@ impl Forwarder {
     }
 }
 
+/// Whether `header` is exactly `{"src":"…","seq":N,"ts":N}` with a plain
+/// `src` (no escapes) and whole numbers that fit a u64: what pycom-client
+/// writes, checked without a JSON parser.
+fn plain_header(header: &[u8]) -> bool {
+    fn number(bytes: &[u8]) -> Option<&[u8]> {
+        let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+        let fits = (1..=19).contains(&digits) && (digits == 1 || bytes[0] != b'0');
+        fits.then(|| &bytes[digits..])
+    }
+    let check = || -> Option<()> {
+        let rest = header.strip_prefix(br#"{"src":""#)?;
+        let end = rest.iter().position(|&b| b == b'"')?;
+        let src = &rest[..end];
+        if src.iter().any(|&b| b == b'\\' || b < 0x20) || std::str::from_utf8(src).is_err() {
+            return None;
+        }
+        let rest = number(rest[end..].strip_prefix(br#"","seq":"#)?)?;
+        let rest = number(rest.strip_prefix(br#","ts":"#)?)?;
+        (rest == b"}").then_some(())
+    };
+    check().is_some()
+}
+
 #[derive(Clone, Copy)]
 enum Which {
     Xsub,
@@ -355,6 +384,26 @@ enum Drop {
     Oversize,
     Malformed,
     Reserved,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_header;
+
+    #[test]
+    fn plain_headers_pass_without_a_parser_and_others_do_not() {
+        assert!(plain_header(br#"{"src":"ab12","seq":1,"ts":1732560000000}"#));
+        for other in [
+            &br#"{"src":"a\"b","seq":1,"ts":1}"#[..],
+            br#"{"src":"a","seq":01,"ts":1}"#,
+            br#"{"src":"a","seq":1,"ts":1,"replay":true}"#,
+            br#"{"src":"a","seq":99999999999999999999,"ts":1}"#,
+            br#"{"seq":1,"src":"a","ts":1}"#,
+            br#"{"src":"a","seq":-1,"ts":1}"#,
+        ] {
+            assert!(!plain_header(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
 }
 
 fn counter_of(counters: &Counters, drop: Drop) -> &AtomicU64 {
