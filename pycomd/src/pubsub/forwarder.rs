@@ -386,6 +386,14 @@ enum Drop {
     Reserved,
 }
 
+fn counter_of(counters: &Counters, drop: Drop) -> &AtomicU64 {
+    match drop {
+        Drop::Oversize => &counters.dropped_oversize,
+        Drop::Malformed => &counters.dropped_malformed,
+        Drop::Reserved => &counters.dropped_reserved,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::plain_header;
@@ -403,13 +411,5 @@ mod tests {
         ] {
             assert!(!plain_header(other), "{}", String::from_utf8_lossy(other));
         }
-    }
-}
-
-fn counter_of(counters: &Counters, drop: Drop) -> &AtomicU64 {
-    match drop {
-        Drop::Oversize => &counters.dropped_oversize,
-        Drop::Malformed => &counters.dropped_malformed,
-        Drop::Reserved => &counters.dropped_reserved,
     }
 }
