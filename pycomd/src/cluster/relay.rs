@@ -81,8 +81,9 @@ impl Relay {
         self.leader.as_ref().map(|(e, _)| e.as_str())
     }
 
-    /// Relay a request's frames (command, body) for `envelope`. Refused
-    /// (never sent: not applied) when no leader is known or too many wait.
+    /// Relay a request's frames (command, body) for `envelope`. With no
+    /// leader known (an election) it waits for one, until its deadline
+    /// (then: not applied). Refused at once when too many wait.
     pub fn forward(
         &mut self,
         envelope: Vec<zmq::Message>,
@@ -90,12 +91,6 @@ impl Relay {
         method: &str,
         now: Instant,
     ) -> Result<(), (Vec<zmq::Message>, Fault)> {
-        if self.leader.is_none() {
-            let fault = Fault::unavailable(format!(
-                "{method}: no leader is known (an election may be under way); nothing was changed: retry, or another node"
-            ));
-            return Err((envelope, fault));
-        }
         if self.pending.len() >= MAX_PENDING {
             let fault = Fault::unavailable(format!(
                 "{method}: {MAX_PENDING} writes are already waiting for the leader; nothing was changed: retry"
@@ -199,8 +194,13 @@ impl Relay {
                 ));
                 (fault, Outcome::Unknown)
             } else {
+                let why = if self.leader.is_some() {
+                    "the leader was too busy to take it"
+                } else {
+                    "no leader was known (an election, or this node is cut off)"
+                };
                 let fault = Fault::unavailable(format!(
-                    "{}: the leader was too busy to take it within write_timeout_ms = {}; nothing was changed: retry",
+                    "{}: {why} within write_timeout_ms = {}; nothing was changed: retry, or another node",
                     p.method,
                     self.timeout.as_millis()
                 ));

@@ -460,12 +460,23 @@ async fn propose(
             },
         );
     };
-    let error = match raft.client_write(request.clone()).await {
-        Ok(_) => return,
-        Err(e) => match e.into_api_error() {
-            Some(e) => e,
-            None => return refuse(Outcome::NotApplied, None, "the cluster member is stopping".into()),
-        },
+    // Just after an election no node may name a leader yet (or the leader
+    // not yet be sure of its lease): nothing was appended, so asking again
+    // a little later is safe, for up to a second.
+    let patience = Instant::now() + Duration::from_secs(1);
+    let error = loop {
+        let error = match raft.client_write(request.clone()).await {
+            Ok(_) => return,
+            Err(e) => match e.into_api_error() {
+                Some(e) => e,
+                None => return refuse(Outcome::NotApplied, None, "the cluster member is stopping".into()),
+            },
+        };
+        let leaderless = matches!(&error, ClientWriteError::ForwardToLeader(to) if to.leader_id.is_none());
+        if !leaderless || Instant::now() >= patience {
+            break error;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     match error {
         ClientWriteError::ForwardToLeader(_) if !forward => refuse(
