@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod binary;
 pub mod component;
 pub mod connection;
