@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The request extension that carries the caller's token.
 pub const EXTENSION: &str = "org.pycom.auth";
@@ -245,6 +245,133 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+// The authenticator's methods (PROTOCOL.md 7): the typed client below,
+// and what a service checking a password file of its own answers.
+crate::interface! {
+    /// Issues and checks tokens: pycomd's, or a service's own password file.
+    pub mod api = "org.pycom.authenticator" {
+        /// Exchange a user's password for a token: {"token", "expires_ms"} (unix time in ms).
+        /// A wrong user or password is code 5, the same message for both.
+        fn authenticate(user: String, credentials: String) -> Issued;
+        /// Who a token belongs to: {"name", "roles"}, and "allowed" (the call grants) when
+        /// interface is given. An unknown or expired token is code 5.
+        fn validate(token: String; interface: String, method: String) -> Validation;
+        /// End a token's life: {}.
+        fn logout(token: String) -> Value;
+        /// The access policy, and what user may do (for admin, or the user itself).
+        fn check(; user: String) -> Value;
+    }
+}
+
+/// `authenticate`'s answer.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// The token to send with every call.
+    pub token: String,
+    /// When it stops being valid, in ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &redacted(&self.token))
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
+}
+
+/// `validate`'s answer: the caller, and whether the authenticator allows
+/// the call asked about (only when one was).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    /// Who the token belongs to.
+    #[serde(flatten)]
+    pub caller: Caller,
+    /// pycomd's `call` grants for the interface (and method) asked about;
+    /// `None` when none was asked about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+}
+
+/// A successful login: the token (carried by every call from then on),
+/// when it expires, and who it says the caller is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The token.
+    pub token: String,
+    /// When it stops being valid, in ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// The user and the roles it holds.
+    pub caller: Caller,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("token", &redacted(&self.token))
+            .field("expires_ms", &self.expires_ms)
+            .field("caller", &self.caller)
+            .finish()
+    }
+}
+
+/// A token as logs and `Debug` may show it: its first characters.
+fn redacted(token: &str) -> String {
+    let shown: String = token.chars().take(4).collect();
+    format!("{shown}... ({} bytes)", token.len())
+}
+
+/// A new token: 32 random bytes, URL-safe base64 without padding (43
+/// characters).
+pub fn new_token() -> Result<String, String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The token a context and everything made from it carry: shared, so that
+/// logging in (or out) on a context changes what its components, its
+/// nameserver calls and its services' registrations send from then on.
+#[derive(Clone, Default)]
+pub(crate) struct TokenSlot(Arc<RwLock<Option<Arc<str>>>>);
+
+impl TokenSlot {
+    pub(crate) fn with(token: Option<&str>) -> TokenSlot {
+        let slot = TokenSlot::default();
+        slot.set(token);
+        slot
+    }
+
+    pub(crate) fn get(&self) -> Option<Arc<str>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, token: Option<&str>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = token.filter(|t| !t.is_empty()).map(Arc::from);
+    }
+
+    /// Whether both are the same slot (not merely the same token).
+    pub(crate) fn is(&self, other: &TokenSlot) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Clear it, returning what it held.
+    pub(crate) fn take(&self) -> Option<Arc<str>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for TokenSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.get() {
+            Some(token) => write!(f, "TokenSlot({})", redacted(&token)),
+            None => write!(f, "TokenSlot(none)"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A remote interface to call: `invoke` with timeouts, retries and
 //! re-location when its service restarts or moves.
 
+use crate::auth::{self, Login, TokenSlot};
 use crate::binary::{Attachment, Binary, Limits};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -90,6 +91,11 @@ pub struct Output {
 
 /// A remote interface. Not shared between threads: make one per thread
 /// (they are cheap; the [`Context`](crate::Context) is shared).
+///
+/// Its calls carry the token of the context it was made from (as that
+/// token is at each call), until it gets one of its own: from
+/// [`login`](Component::login) at a service that checks a password file
+/// of its own, or [`set_token`](Component::set_token).
 pub struct Component {
     zmq: zmq::Context,
     /// Where to ask for the service's new address; `None`: never re-located.
@@ -100,6 +106,10 @@ pub struct Component {
     session_id: Option<String>,
     retry: RetryPolicy,
     limits: Limits,
+    /// The token calls carry now: the context's, or the component's own.
+    token: TokenSlot,
+    /// The context's token, to go back to after a logout.
+    context_token: TokenSlot,
 }
 
 impl Component {
@@ -109,12 +119,14 @@ impl Component {
         zmq: &zmq::Context,
         timeout: Duration,
         locator: Option<Arc<dyn Locator>>,
+        token: TokenSlot,
         interface: &str,
         service: Option<&str>,
         address: &str,
     ) -> Result<Component> {
         let mut conn = Connection::open(zmq, address)?;
         conn.set_timeout(timeout);
+        conn.share_token(token.clone());
         Ok(Component {
             zmq: zmq.clone(),
             locator,
@@ -124,6 +136,8 @@ impl Component {
             session_id: None,
             retry: RetryPolicy::default(),
             limits: Limits::default(),
+            token: token.clone(),
+            context_token: token,
         })
     }
 
@@ -157,6 +171,65 @@ impl Component {
         self.limits = limits;
     }
 
+    /// The token this component's calls carry now, if any.
+    pub fn token(&self) -> Option<String> {
+        self.token.get().map(|t| t.to_string())
+    }
+
+    /// Carry `token` (`None`: no token) from now on instead of the
+    /// context's; only this component.
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.carry(TokenSlot::with(token));
+    }
+
+    /// Log in at this component's service, for a service that checks a
+    /// password file of its own
+    /// ([`Auth::password_file`](crate::service::Auth::password_file)): call
+    /// `authenticate` and then `validate` of `org.pycom.authenticator` at
+    /// the component's address, and carry the token it gives, on this
+    /// component only, from then on (the context and its nameserver calls
+    /// keep theirs). The token lives in that service process: after the
+    /// service restarts (or the component follows it elsewhere) calls get
+    /// code 5 until the component logs in again.
+    ///
+    /// For services that let pycomd check their callers, log in on the
+    /// context instead ([`Context::login`](crate::Context::login)); such a
+    /// service answers this with [`Error::ServiceNotFound`].
+    pub fn login(&mut self, user: &str, password: &str) -> Result<Login> {
+        auth::check_len("the user name", user, auth::MAX_USER_BYTES).map_err(Error::Data)?;
+        auth::check_len("the password", password, auth::MAX_PASSWORD_BYTES).map_err(Error::Data)?;
+        let mut authenticator = auth::api::Client(Direct(self));
+        let issued = authenticator.authenticate(user.into(), password.into())?;
+        let validation = authenticator.validate(issued.token.clone(), None, None)?;
+        self.set_token(Some(&issued.token));
+        Ok(Login {
+            token: issued.token,
+            expires_ms: issued.expires_ms,
+            caller: validation.caller,
+        })
+    }
+
+    /// End the token this component got from [`login`](Component::login)
+    /// (or [`set_token`](Component::set_token)) at its service, and carry
+    /// the context's token again. Without a token of its own, nothing to
+    /// do. The token is dropped here even when the service cannot be told.
+    pub fn logout(&mut self) -> Result<()> {
+        if self.token.is(&self.context_token) {
+            return Ok(());
+        }
+        let own = self.token.take();
+        self.carry(self.context_token.clone());
+        if let Some(token) = own {
+            auth::api::Client(Direct(self)).logout(token.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn carry(&mut self, token: TokenSlot) {
+        self.conn.share_token(token.clone());
+        self.token = token;
+    }
+
     /// Call `method` with `args` (anything serializable) and return the result.
     pub fn invoke(&mut self, method: &str, args: impl Serialize) -> Result<Value> {
         Ok(self.call(method, args, &[])?.result)
@@ -185,11 +258,25 @@ impl Component {
             .map_err(Error::Attachment)?;
         let frames: Vec<&[u8]> = attachments.iter().map(Binary::as_bytes).collect();
         let attempts = self.retry.attempts_for(method);
+        let interface = self.interface.clone();
+        self.call_on(&interface, method, args, &frames, attempts)
+    }
+
+    /// One call of `interface.method` at this component's address, tried
+    /// up to `attempts` times (re-located between tries).
+    fn call_on(
+        &mut self,
+        interface: &str,
+        method: &str,
+        args: Value,
+        frames: &[&[u8]],
+        attempts: u32,
+    ) -> Result<Output> {
         let mut attempt = 1;
         loop {
-            let mut request = Request::new(&self.interface, method, args.clone());
+            let mut request = Request::new(interface, method, args.clone());
             request.session_id = self.session_id.clone();
-            match self.conn.call(&request, &frames) {
+            match self.conn.call(&request, frames) {
                 Ok(reply) => {
                     let response = reply.response;
                     if let Some(id) = response.session_id {
@@ -213,7 +300,7 @@ impl Component {
                     };
                 }
                 Err(e) if e.is_unreachable() && attempt < attempts => {
-                    tracing::debug!(interface = %self.interface, method, attempt, "retrying after: {e}");
+                    tracing::debug!(interface, method, attempt, "retrying after: {e}");
                     std::thread::sleep(self.retry.backoff);
                     self.relocate();
                     attempt += 1;
@@ -234,6 +321,7 @@ impl Component {
                 match Connection::open(&self.zmq, &info.address) {
                     Ok(mut conn) => {
                         conn.set_timeout(self.conn.timeout());
+                        conn.share_token(self.token.clone());
                         tracing::info!(interface = %self.interface, from = %self.conn.endpoint(), to = %info.address, "service moved");
                         self.conn = conn;
                         // A session lives in one service process.
@@ -257,5 +345,15 @@ impl Invoker for Component {
             )));
         }
         self.invoke(method, args)
+    }
+}
+
+/// Calls to another interface at a component's address, once each (no
+/// retries: a password is not sent twice on a timeout).
+struct Direct<'a>(&'a mut Component);
+
+impl Invoker for Direct<'_> {
+    fn invoke_value(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
+        Ok(self.0.call_on(interface, method, args, &[], 1)?.result)
     }
 }

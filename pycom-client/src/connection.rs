@@ -5,6 +5,7 @@
 //! a timeout the socket is thrown away and a fresh one is connected, so a
 //! late reply to an abandoned call can never be taken for the next call's.
 
+use crate::auth::TokenSlot;
 use crate::error::{Error, Result};
 use crate::proto::{self, Request, Response};
 use serde_json::Value;
@@ -28,6 +29,8 @@ pub struct Connection {
     endpoint: String,
     socket: zmq::Socket,
     timeout: Duration,
+    /// The caller's token, sent with every request (see [`Connection::set_token`]).
+    token: Option<TokenSlot>,
 }
 
 impl Connection {
@@ -40,6 +43,7 @@ impl Connection {
             endpoint: endpoint.to_string(),
             socket,
             timeout: DEFAULT_TIMEOUT,
+            token: None,
         })
     }
 
@@ -58,6 +62,24 @@ impl Connection {
         self.timeout = timeout;
     }
 
+    /// Send `token` with every request from now on, as the caller's
+    /// credentials (`extensions["org.pycom.auth"]`); `None`: send none.
+    /// A request whose extensions already hold one keeps its own.
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.token = token.map(|t| TokenSlot::with(Some(t)));
+    }
+
+    /// The token this connection sends, if any.
+    pub fn token(&self) -> Option<String> {
+        self.token.as_ref()?.get().map(|t| t.to_string())
+    }
+
+    /// Send whatever `slot` holds at the time of each call (a context's
+    /// token, which a login changes).
+    pub(crate) fn share_token(&mut self, slot: TokenSlot) {
+        self.token = Some(slot);
+    }
+
     /// Call `interface.method(args)` and return its result, or the remote
     /// error as the [`Error`] variant of its code.
     pub fn invoke(&mut self, interface: &str, method: &str, args: Value) -> Result<Value> {
@@ -67,7 +89,9 @@ impl Connection {
 
     /// Send a request with attachments and wait for the whole reply.
     pub fn call(&mut self, request: &Request, attachments: &[&[u8]]) -> Result<Reply> {
-        let body = proto::encode_request_body(request);
+        // The one place a request's body is made: every call carries the token.
+        let token = self.token.as_ref().and_then(TokenSlot::get);
+        let body = proto::encode_request_body_with_token(request, token.as_deref());
         let mut frames: Vec<&[u8]> = Vec::with_capacity(3 + attachments.len());
         frames.push(b"");
         frames.push(proto::CMD_CALL);

@@ -1,6 +1,7 @@
 //! The entry point for callers: which nameservers to ask, and components
 //! located through them.
 
+use crate::auth::{self, Caller, Login, TokenSlot, Validation};
 use crate::component::Component;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -18,6 +19,13 @@ use std::time::Duration;
 /// Cheap to clone and safe to share across threads: each thread's calls
 /// use their own sockets (a small pool of nameserver connections, and one
 /// socket per [`Component`]).
+///
+/// It also holds the caller's token, if any ([`login`](Context::login),
+/// [`set_token`](Context::set_token), `PYCOM_TOKEN` in
+/// [`from_env`](Context::from_env)): every call made through the context
+/// and what it made (nameserver calls, components, publishers' and
+/// watchers' look-ups, its services' registrations) carries the token
+/// current at the time of the call. Clones share it.
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<Inner>,
@@ -31,6 +39,8 @@ struct Inner {
     preferred: AtomicUsize,
     /// Idle nameserver connections, by endpoint index.
     pool: Mutex<Vec<(usize, Connection)>>,
+    /// The caller's token, sent with every call.
+    token: TokenSlot,
 }
 
 impl Context {
@@ -40,12 +50,17 @@ impl Context {
         Context::with_nameservers(nameservers.split(',').map(str::trim).filter(|s| !s.is_empty()))
     }
 
-    /// `PYCOM_NAMESERVER` (comma-separated), else `tcp://127.0.0.1:2012`.
+    /// `PYCOM_NAMESERVER` (comma-separated), else `tcp://127.0.0.1:2012`;
+    /// with the token in `PYCOM_TOKEN`, if set, carried by every call.
     pub fn from_env() -> Result<Context> {
-        match std::env::var("PYCOM_NAMESERVER") {
-            Ok(spec) if !spec.trim().is_empty() => Context::new(&spec),
-            _ => Context::new(DEFAULT_ENDPOINT),
+        let ctx = match std::env::var("PYCOM_NAMESERVER") {
+            Ok(spec) if !spec.trim().is_empty() => Context::new(&spec)?,
+            _ => Context::new(DEFAULT_ENDPOINT)?,
+        };
+        if let Ok(token) = std::env::var(TOKEN_ENV) {
+            ctx.set_token(token.trim());
         }
+        Ok(ctx)
     }
 
     /// A context for these nameserver endpoints, in order of preference.
@@ -67,6 +82,7 @@ impl Context {
                 timeout_ms: AtomicU64::new(crate::DEFAULT_TIMEOUT.as_millis() as u64),
                 preferred: AtomicUsize::new(0),
                 pool: Mutex::new(Vec::new()),
+                token: TokenSlot::default(),
             }),
         })
     }
@@ -142,6 +158,103 @@ impl Context {
         Watcher::new(self, filter)
     }
 
+    /// A plain connection to `endpoint` that carries this context's token
+    /// (and has its default timeout), for calls outside a [`Component`].
+    pub fn connection(&self, endpoint: &str) -> Result<Connection> {
+        let mut conn = Connection::open(&self.inner.zmq, endpoint)?;
+        conn.set_timeout(self.default_timeout());
+        conn.share_token(self.inner.token.clone());
+        Ok(conn)
+    }
+
+    /// This context, carrying `token` from now on (as [`set_token`](Context::set_token)).
+    pub fn with_token(self, token: impl Into<String>) -> Context {
+        self.set_token(token);
+        self
+    }
+
+    /// Carry `token` with every call from now on (an empty one: none).
+    /// Components and services made from this context, and its clones,
+    /// carry it too.
+    pub fn set_token(&self, token: impl Into<String>) {
+        self.inner.token.set(Some(&token.into()));
+    }
+
+    /// Carry no token from now on (without telling the authenticator: see
+    /// [`logout`](Context::logout)).
+    pub fn clear_token(&self) {
+        self.inner.token.set(None);
+    }
+
+    /// The token calls carry, if any.
+    pub fn token(&self) -> Option<String> {
+        self.inner.token.get().map(|t| t.to_string())
+    }
+
+    /// Typed calls to pycomd's authenticator (`org.pycom.authenticator`,
+    /// served on the nameserver endpoints, with failover).
+    pub fn authenticator(&self) -> auth::api::Client<NameserverHandle> {
+        auth::api::Client(NameserverHandle { ctx: self.clone() })
+    }
+
+    /// Log in to pycomd as `user`: exchange the password for a token,
+    /// which every call through this context carries from then on. The
+    /// [`Login`] says when it expires and who pycomd says the caller is
+    /// (its roles). A wrong user or password is [`Error::AccessDenied`];
+    /// pycomd with access control off answers [`Error::ServiceNotFound`].
+    pub fn login(&self, user: &str, password: &str) -> Result<Login> {
+        auth::check_len("the user name", user, auth::MAX_USER_BYTES).map_err(Error::Data)?;
+        auth::check_len("the password", password, auth::MAX_PASSWORD_BYTES).map_err(Error::Data)?;
+        let mut authenticator = self.authenticator();
+        let issued = authenticator.authenticate(user.into(), password.into())?;
+        let validation = authenticator.validate(issued.token.clone(), None, None)?;
+        self.set_token(issued.token.clone());
+        Ok(Login {
+            token: issued.token,
+            expires_ms: issued.expires_ms,
+            caller: validation.caller,
+        })
+    }
+
+    /// End the token's life at pycomd and carry none from now on. Without a
+    /// token, nothing to do. The token is dropped here even when pycomd
+    /// cannot be told (the error says so).
+    pub fn logout(&self) -> Result<()> {
+        let Some(token) = self.inner.token.take() else {
+            return Ok(());
+        };
+        self.authenticator().logout(token.to_string())?;
+        Ok(())
+    }
+
+    /// Who pycomd says the caller is (its name and roles), from the token
+    /// this context carries; [`Error::AccessDenied`] without one, or with
+    /// one that is unknown or expired.
+    pub fn whoami(&self) -> Result<Caller> {
+        let token = self.inner.token.get().ok_or_else(|| {
+            Error::AccessDenied(format!(
+                "not logged in: this context carries no token (log in, or set {TOKEN_ENV})"
+            ))
+        })?;
+        Ok(self.validate(&token, None)?.caller)
+    }
+
+    /// Ask pycomd whose `token` is, and, given `call` (interface, method),
+    /// whether its `call` grants allow that call. What guarded services do
+    /// (cached) for each caller.
+    pub fn validate(&self, token: &str, call: Option<(&str, &str)>) -> Result<Validation> {
+        let (interface, method) = call.unzip();
+        self.authenticator()
+            .validate(token.into(), interface.map(Into::into), method.map(Into::into))
+    }
+
+    /// pycomd's access policy as it applies to `user` (or to the caller):
+    /// its users file, roles, grants, what the user may do. Only for an
+    /// admin, or the user itself.
+    pub fn check(&self, user: Option<&str>) -> Result<Value> {
+        self.authenticator().check(user.map(Into::into))
+    }
+
     /// A component at `address`; a relocatable one asks this context's
     /// nameservers where its service went when a call fails in transport.
     fn component(
@@ -156,6 +269,7 @@ impl Context {
             self.zmq(),
             self.default_timeout(),
             locator,
+            self.inner.token.clone(),
             interface,
             service,
             address,
@@ -174,6 +288,7 @@ impl Context {
             None => Connection::open(&self.inner.zmq, &self.inner.nameservers[index])?,
         };
         conn.set_timeout(self.default_timeout());
+        conn.share_token(self.inner.token.clone());
         Ok(conn)
     }
 
@@ -192,6 +307,9 @@ impl Locator for Context {
         self.nameserver().locate(interface, service)
     }
 }
+
+/// The environment variable [`Context::from_env`] takes a token from.
+pub const TOKEN_ENV: &str = "PYCOM_TOKEN";
 
 /// A code 7 whose cluster extension says the write was not applied.
 fn not_applied(response: &crate::proto::Response) -> bool {

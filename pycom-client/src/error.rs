@@ -15,8 +15,10 @@ pub enum Error {
     /// Code 4: the request was wrong (a field, a size, a pattern).
     #[error("{0}")]
     BadRequest(String),
-    /// Code 5: not allowed (credentials, or not the owner).
-    #[error("{0}")]
+    /// Code 5: not allowed (no token, an unknown or expired one, no grant,
+    /// or not the owner). Shown as `access denied: ` and the peer's message
+    /// ("access denied: svc-billing may not register /com/other/x").
+    #[error("{}", access_denied(.0))]
     AccessDenied(String),
     /// Code 6: the session is unknown or expired; the next call starts a new one.
     #[error("{0}")]
@@ -98,6 +100,19 @@ pub enum Error {
     },
 }
 
+fn access_denied(message: &str) -> String {
+    const PREFIX: &str = "access denied";
+    // `get`: the message comes from the network, and may cut a character.
+    if message
+        .get(..PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(PREFIX))
+    {
+        message.to_string()
+    } else {
+        format!("{PREFIX}: {message}")
+    }
+}
+
 fn fail_detail(message: &str) -> String {
     if message.is_empty() {
         String::new()
@@ -175,8 +190,22 @@ mod tests {
         ] {
             let err = Error::from(Fault::new(code, "why"));
             assert_eq!(err.code(), Some(code));
-            assert_eq!(err.to_string(), "why");
+            let shown = if code == Code::AccessDenied {
+                "access denied: why"
+            } else {
+                "why"
+            };
+            assert_eq!(err.to_string(), shown);
         }
+        let denied = Error::AccessDenied("svc-billing may not register /com/other/x".into());
+        assert_eq!(
+            denied.to_string(),
+            "access denied: svc-billing may not register /com/other/x"
+        );
+        assert_eq!(
+            Error::AccessDenied("Access denied: said twice?".into()).to_string(),
+            "Access denied: said twice?"
+        );
         assert!(matches!(Error::from(Fault::not_found("x")), Error::ServiceNotFound(m) if m == "x"));
         assert_eq!(Error::Data("d".into()).code(), None);
     }

@@ -23,6 +23,24 @@
 //! duplicates, see gaps, and may start with each topic's last value.
 //! [`Context::watch`] gives a [`Watcher`]: a live copy of the registry.
 //!
+//! Access control ([`auth`], PROTOCOL.md 7): [`Context::login`] exchanges a
+//! user's password with pycomd for a token (or take one with
+//! [`Context::set_token`], or `PYCOM_TOKEN` through [`Context::from_env`]);
+//! from then on every call made through the context carries it as PyCOM
+//! 0.6 does, in `extensions["org.pycom.auth"]`: nameserver calls, located
+//! components, pub-sub look-ups, its services' registrations.
+//! [`Context::whoami`] and [`Context::logout`] do what they say; a refusal
+//! is [`Error::AccessDenied`] ("access denied: svc-billing may not register
+//! /com/other/x"). A hosted service guards an interface or a method with
+//! [`service::Auth`] (`Auth::required()`, `Auth::roles(["billing"])`): a
+//! call without a token gets code 5 "Authentication required" and its
+//! handler does not run; a token is checked with pycomd's `validate`
+//! (answers kept up to 30 s) and the handler reads
+//! [`service::Request::caller`]. With `Auth::password_file(path)` the
+//! service checks a users file of its own instead, serving
+//! `org.pycom.authenticator` itself; its clients log in with
+//! [`Component::login`].
+//!
 //! Declaring: [`interface!`] turns a list of method signatures into a typed
 //! client and a handler trait with introspection ([`proxy`]).
 //!
@@ -55,6 +73,7 @@ pub mod pubsub;
 pub mod router;
 pub mod service;
 
+pub use auth::{Caller, Login};
 pub use binary::{Attachment, Binary, Limits};
 pub use component::{Component, Output, RetryPolicy};
 pub use connection::{Connection, Reply, DEFAULT_TIMEOUT};

@@ -403,6 +403,24 @@ fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<String, Stri
 
 /// Encode the JSON body of a call.
 pub fn encode_request_body(req: &Request) -> Vec<u8> {
+    encode_body(req, &req.extensions)
+}
+
+/// Encode the JSON body of a call that carries `token` as the caller's
+/// credentials: a bare string in `extensions["org.pycom.auth"]` (PyCOM
+/// 0.6's form), unless the request already has that extension of its own.
+pub fn encode_request_body_with_token(req: &Request, token: Option<&str>) -> Vec<u8> {
+    match token {
+        Some(token) if !req.extensions.contains_key(crate::auth::EXTENSION) => {
+            let mut extensions = req.extensions.clone();
+            extensions.insert(crate::auth::EXTENSION.into(), Value::String(token.into()));
+            encode_body(req, &extensions)
+        }
+        _ => encode_body(req, &req.extensions),
+    }
+}
+
+fn encode_body(req: &Request, extensions: &Map<String, Value>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Body<'a> {
         version: &'a str,
@@ -419,7 +437,7 @@ pub fn encode_request_body(req: &Request) -> Vec<u8> {
         method: &req.method,
         session_id: req.session_id.as_deref(),
         args: &req.args,
-        extensions: &req.extensions,
+        extensions,
     };
     // Serializing a Value into a Vec cannot fail: keys are strings, no I/O.
     serde_json::to_vec(&body).unwrap_or_default()
@@ -599,6 +617,25 @@ mod tests {
             .insert("org.pycom.auth".into(), json!({"token": "t"}));
         let body = encode_request_body(&req);
         assert_eq!(decode_request_body(&body).unwrap(), req);
+    }
+
+    #[test]
+    fn a_token_travels_as_a_bare_string_unless_the_request_has_its_own() {
+        let req = Request::new("com.foo", "bar", json!({"a": 1}));
+        let body = encode_request_body_with_token(&req, Some("tok"));
+        let decoded = decode_request_body(&body).unwrap();
+        assert_eq!(decoded.extensions["org.pycom.auth"], json!("tok"));
+        assert_eq!(decoded.args, json!({"a": 1}));
+        assert_eq!(
+            encode_request_body_with_token(&req, None),
+            encode_request_body(&req)
+        );
+        let v: Value = serde_json::from_slice(&encode_request_body(&req)).unwrap();
+        assert!(v.get("extensions").is_none(), "no empty extensions: {v}");
+        let mut own = req.clone();
+        own.extensions.insert("org.pycom.auth".into(), json!("mine"));
+        let decoded = decode_request_body(&encode_request_body_with_token(&own, Some("tok"))).unwrap();
+        assert_eq!(decoded.extensions["org.pycom.auth"], json!("mine"));
     }
 
     #[test]

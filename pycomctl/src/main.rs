@@ -7,6 +7,7 @@
 mod commands;
 mod endpoint;
 mod output;
+mod token;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -24,7 +25,24 @@ Exit status:
   4  the called service did not answer in time (call); the method may
      have run all the same
 
-A reader that goes away (pycomctl ... | head) ends pycomctl quietly.";
+A reader that goes away (pycomctl ... | head) ends pycomctl quietly.
+
+Access control: after `pycomctl login`, every command carries the token
+saved in $XDG_CONFIG_HOME/pycom/token (else ~/.config/pycom/token);
+PYCOM_TOKEN, when set, is carried instead.";
+
+const LOGIN_EXAMPLES: &str = "\
+Examples:
+  pycomctl login alice                      # asks for the password on the terminal
+  printf '%s\\n' \"$PASSWORD\" | pycomctl login alice --password-stdin
+  export PYCOM_TOKEN=$(pycomctl login svc-billing --password-stdin --print-token < secret)";
+
+const AUTH_EXAMPLES: &str = "\
+Examples:
+  pycomctl auth passwd alice >> /etc/pycomd/users       # asks twice on the terminal
+  pycomctl auth passwd svc-billing --password-stdin < secret
+  pycomctl auth check                                    # the policy as it applies to you
+  pycomctl auth check svc-billing                        # (admin) as it applies to svc-billing";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -172,6 +190,46 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Log in to pycomd: the token is saved (owner-only) and carried by
+    /// every later pycomctl command until it expires or `pycomctl logout`
+    #[command(after_help = LOGIN_EXAMPLES)]
+    Login {
+        /// The user name (default: $USER)
+        user: Option<String>,
+        /// Read the password from the first line of standard input instead of the terminal
+        #[arg(long)]
+        password_stdin: bool,
+        /// Print the token on stdout instead of saving it (for PYCOM_TOKEN)
+        #[arg(long)]
+        print_token: bool,
+    },
+    /// End the saved token's life at pycomd and remove it
+    Logout,
+    /// Who pycomd says the carried token belongs to, and its roles
+    Whoami,
+    /// Users-file lines and pycomd's access policy
+    #[command(after_help = AUTH_EXAMPLES)]
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Print a users-file line `USER:$argon2id$...` for a password (asked
+    /// twice on the terminal); nothing is sent anywhere
+    #[command(after_help = AUTH_EXAMPLES)]
+    Passwd {
+        user: String,
+        /// Read the password from the first line of standard input instead of the terminal
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// pycomd's access policy: its users file, roles and grants, and what
+    /// USER (default: you) may do. Only for admin, or the user itself
+    #[command(after_help = AUTH_EXAMPLES)]
+    Check { user: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]

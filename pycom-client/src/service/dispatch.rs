@@ -1,5 +1,6 @@
 //! One request through a service: decode, find the method, run it, encode.
 
+use super::access::{Authority, Rule};
 use super::interface::{Interface, Request};
 use super::panic;
 use super::sessions::Sessions;
@@ -14,6 +15,8 @@ pub struct Shared {
     pub interfaces: HashMap<String, Interface>,
     pub sessions: Sessions,
     pub limits: Limits,
+    /// Where tokens are checked, when anything is guarded.
+    pub access: Option<Authority>,
 }
 
 /// Reply frames (after the envelope) for the request frames `parts`.
@@ -35,6 +38,9 @@ pub fn handle(shared: &Shared, parts: Vec<zmq::Message>) -> Vec<Vec<u8>> {
     };
     let Some(method) = interface.methods.get(&request.method) else {
         if request.method == "introspect" {
+            if let Err(f) = admit(shared, interface.auth.as_ref().map(|a| a.rule()), &request) {
+                return fault(&f, None);
+            }
             return ok(&interface.introspect(), None, Vec::new());
         }
         let f = Fault::new(
@@ -45,6 +51,13 @@ pub fn handle(shared: &Shared, parts: Vec<zmq::Message>) -> Vec<Vec<u8>> {
             ),
         );
         return fault(&f, None);
+    };
+    // Before anything else is read or kept: a refused call costs little,
+    // and its handler never runs.
+    let rule = method.auth.as_ref().or(interface.auth.as_ref()).map(|a| a.rule());
+    let caller = match admit(shared, rule, &request) {
+        Ok(caller) => caller,
+        Err(f) => return fault(&f, None),
     };
     let attachments = match shared.limits.receive(parts.collect()) {
         Ok(a) => a,
@@ -71,6 +84,7 @@ pub fn handle(shared: &Shared, parts: Vec<zmq::Message>) -> Vec<Vec<u8>> {
         attachments,
         extensions: request.extensions,
         session,
+        caller,
     };
     let handler = method.handler.clone();
     let outcome = panic::catch(|| handler(&mut call));
@@ -98,6 +112,23 @@ pub fn handle(shared: &Shared, parts: Vec<zmq::Message>) -> Vec<Vec<u8>> {
             );
             fault(&f, session_id.as_deref())
         }
+    }
+}
+
+/// The caller of a call `rule` guards (`None` for an unguarded one), or
+/// the fault to answer.
+fn admit(
+    shared: &Shared,
+    rule: Option<&Rule>,
+    request: &proto::Request,
+) -> Result<Option<crate::auth::Caller>, Fault> {
+    let Some(rule) = rule.filter(|r| **r != Rule::Public) else {
+        return Ok(None);
+    };
+    match &shared.access {
+        Some(authority) => authority.admit(rule, &request.extensions, &request.interface, &request.method),
+        // Not reached: a service with a guarded method has an authority.
+        None => Err(Fault::denied(super::access::AUTHENTICATION_REQUIRED)),
     }
 }
 

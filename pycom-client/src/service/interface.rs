@@ -1,6 +1,8 @@
 //! What a service offers: interfaces, their methods and documentation, and
 //! the request and reply a handler sees.
 
+use super::access::Auth;
+use crate::auth::Caller;
 use crate::binary::{Attachment, Binary};
 use crate::proto::{type_name, Code, Fault};
 use serde::de::DeserializeOwned;
@@ -28,12 +30,42 @@ pub struct Request {
     /// Per-client state. Starts empty; storing anything creates a session
     /// whose id goes back to the client.
     pub session: Map<String, Value>,
+    /// Who made the call, for a guarded method (see [`Auth`]).
+    pub(crate) caller: Option<Caller>,
 }
 
 impl Request {
-    /// The caller's token from `extensions["org.pycom.auth"]`, if sent.
+    /// A request as a handler would see it, for calling handlers in tests.
+    pub fn new(interface: &str, method: &str, args: Value) -> Request {
+        Request {
+            interface: interface.to_string(),
+            method: method.to_string(),
+            args,
+            attachments: Vec::new(),
+            extensions: Map::new(),
+            session: Map::new(),
+            caller: None,
+        }
+    }
+
+    /// The caller's token from `extensions["org.pycom.auth"]` (a bare
+    /// string, or PyCOM's older `{"token": "..."}`), if sent. Not checked:
+    /// a guarded method's [`caller`](Request::caller) is.
     pub fn token(&self) -> Option<&str> {
-        self.extensions.get("org.pycom.auth")?.get("token")?.as_str()
+        crate::auth::token_in(&self.extensions).ok().flatten()
+    }
+
+    /// Who made the call: its name and roles, as the service's authority
+    /// (pycomd, or its own password file) vouched for its token. `None`
+    /// for a method not guarded by an [`Auth`].
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.as_ref()
+    }
+
+    /// Set who made the call, for calling handlers in tests.
+    pub fn with_caller(mut self, caller: Caller) -> Request {
+        self.caller = Some(caller);
+        self
     }
 
     /// All args decoded as `T`; a mismatch is code 4 naming the problem.
@@ -119,6 +151,7 @@ pub struct Method {
     results: Vec<String>,
     incoming: Option<String>,
     outgoing: Option<String>,
+    pub(crate) auth: Option<Auth>,
 }
 
 impl Method {
@@ -136,7 +169,15 @@ impl Method {
             results: Vec::new(),
             incoming: None,
             outgoing: None,
+            auth: None,
         }
+    }
+
+    /// Who may call this method, overriding its interface's rule (see
+    /// [`Auth`]): e.g. `.auth(Auth::roles(["billing"]))`.
+    pub fn auth(mut self, auth: Auth) -> Method {
+        self.auth = Some(auth);
+        self
     }
 
     /// The docstring `introspect` shows.
@@ -280,6 +321,7 @@ pub struct Interface {
     doc: String,
     data: Map<String, Value>,
     pub(crate) methods: BTreeMap<String, Method>,
+    pub(crate) auth: Option<Auth>,
 }
 
 impl Interface {
@@ -290,7 +332,15 @@ impl Interface {
             doc: String::new(),
             data: Map::new(),
             methods: BTreeMap::new(),
+            auth: None,
         }
+    }
+
+    /// Who may call this interface's methods (and its `introspect`), unless
+    /// a method says otherwise (see [`Auth`]): e.g. `.auth(Auth::required())`.
+    pub fn auth(mut self, auth: Auth) -> Interface {
+        self.auth = Some(auth);
+        self
     }
 
     /// The interface name.

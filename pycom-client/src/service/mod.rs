@@ -13,12 +13,14 @@
 //! # Ok::<(), pycom_client::Error>(())
 //! ```
 
+mod access;
 mod dispatch;
 mod interface;
 mod panic;
 mod registrar;
 mod sessions;
 
+pub use access::Auth;
 pub use interface::{
     describe_method, introspection, introspection_of, Handler, Interface, Method, Reply, Request,
 };
@@ -188,6 +190,13 @@ impl ServiceBuilder {
             .unwrap_or_else(|_| self.bind.clone());
         let endpoint = self.advertise.clone().unwrap_or(bound);
 
+        // Guarded interfaces: where tokens are checked, and a password
+        // file's authenticator to serve (not registered: `locate
+        // org.pycom.authenticator` stays pycomd's).
+        let (access, authenticator) = match access::authority(&self.service, &self.interfaces, &ctx)? {
+            Some((authority, served)) => (Some(authority), served),
+            None => (None, None),
+        };
         let registration = crate::Registration {
             service: self.service.clone(),
             address: endpoint.clone(),
@@ -206,10 +215,12 @@ impl ServiceBuilder {
             interfaces: self
                 .interfaces
                 .into_iter()
+                .chain(authenticator)
                 .map(|i| (i.name().to_string(), i))
                 .collect::<HashMap<_, _>>(),
             sessions: Sessions::new(self.session_timeout, self.max_sessions),
             limits: self.limits,
+            access,
         });
         let replies_endpoint = format!("inproc://pycom-service-{}", uuid::Uuid::new_v4().simple());
         let replies = zmq.socket(zmq::PULL).map_err(transport)?;
@@ -367,6 +378,9 @@ impl RouterLoop {
             }
             if last_sweep.elapsed() > Duration::from_secs(1) {
                 self.shared.sessions.sweep(std::time::Instant::now());
+                if let Some(access) = &self.shared.access {
+                    access.sweep(std::time::Instant::now());
+                }
                 last_sweep = std::time::Instant::now();
             }
         }

@@ -4,7 +4,7 @@
 use super::{Failure, Nameserver};
 use crate::output;
 use crate::{Cli, ClusterCommand};
-use pycom_client::{Connection, Context};
+use pycom_client::Context;
 use serde_json::{json, Value};
 
 /// The leader's request endpoint, as the member asked says.
@@ -43,7 +43,8 @@ pub fn change(
         ClusterCommand::TransferLeader { id } => ("transfer_leader", json!({ "id": id })),
     };
     let leader = leader(ns)?;
-    let mut conn = Connection::open(ctx.zmq(), &leader)?;
+    // A connection that carries pycomctl's token, as every call does.
+    let mut conn = ctx.connection(&leader)?;
     // Adding a member waits for it to catch up.
     conn.set_timeout(ctx.default_timeout().max(std::time::Duration::from_secs(30)));
     let done = conn.invoke("org.pycom.cluster", method, args)?;

@@ -1,12 +1,14 @@
 //! One function per subcommand; each talks to pycomd through pycom-client.
 
+mod auth;
 mod call;
 mod cluster;
 mod pubsub;
 mod registry;
 
 use crate::endpoint::{self, Probe};
-use crate::{Cli, Command};
+use crate::token::{self, Source};
+use crate::{AuthCommand, Cli, Command};
 use pycom_client::{Context, NameserverClient, NameserverHandle};
 use std::time::Duration;
 
@@ -93,6 +95,13 @@ pub fn unanswered(e: &pycom_client::Error) -> String {
 /// Run the command; `nameserver_from` names where `--nameserver` came
 /// from (the flag or `PYCOM_NAMESERVER`), for the usage errors.
 pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
+    // Nothing to send: no nameserver needed.
+    if let Command::Auth {
+        command: AuthCommand::Passwd { user, password_stdin },
+    } = &cli.command
+    {
+        return auth::passwd(user, *password_stdin);
+    }
     let endpoints = endpoint::parse_list(&cli.nameserver)
         .map_err(|why| Failure::Usage(format!("{nameserver_from} {why}")))?;
     let timeout = Duration::from_millis(cli.timeout);
@@ -118,20 +127,51 @@ pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
     order.extend(dead.into_iter().map(|(e, _)| e));
     let ctx = Context::with_nameservers(order)?;
     ctx.set_default_timeout(timeout);
-    dispatch(cli, &ctx).map_err(|f| match f {
+    // Every call carries the token: PYCOM_TOKEN's, else the saved one
+    // (but a login, which gets a new one).
+    let carried = token::current(|why| crate::output::note(format_args!("pycomctl: {why}")));
+    if let Some((token, _)) = carried
+        .as_ref()
+        .filter(|_| !matches!(cli.command, Command::Login { .. }))
+    {
+        ctx.set_token(token.as_str());
+    }
+    let source = carried.map(|(_, source)| source);
+    dispatch(cli, &ctx, source.as_ref()).map_err(|f| match f {
         // Every call but the one to a service (call.rs maps that one)
         // goes to the nameserver.
         Failure::Client(e) if e.is_unreachable() => Failure::NoNameserver {
             endpoints,
             why: unanswered(&e),
         },
+        // Refused without a token: say how to get one.
+        Failure::Client(pycom_client::Error::AccessDenied(message))
+            if source.is_none() && !matches!(cli.command, Command::Login { .. } | Command::Whoami) =>
+        {
+            Failure::Client(pycom_client::Error::AccessDenied(format!(
+                "{message} (pycomctl carries no token: see pycomctl login)"
+            )))
+        }
         other => other,
     })
 }
 
-fn dispatch(cli: &Cli, ctx: &Context) -> Result<(), Failure> {
+fn dispatch(cli: &Cli, ctx: &Context, token: Option<&Source>) -> Result<(), Failure> {
     let mut ns = ctx.nameserver();
     match &cli.command {
+        Command::Login {
+            user,
+            password_stdin,
+            print_token,
+        } => auth::login(cli, ctx, user.as_deref(), *password_stdin, *print_token, token),
+        Command::Logout => auth::logout(cli, ctx, token),
+        Command::Whoami => auth::whoami(cli, ctx, token),
+        Command::Auth {
+            command: AuthCommand::Check { user },
+        } => auth::check(cli, ctx, user.as_deref()),
+        Command::Auth {
+            command: AuthCommand::Passwd { user, password_stdin },
+        } => auth::passwd(user, *password_stdin),
         Command::Stat => registry::stat(cli, &mut ns),
         Command::Cluster {
             command: crate::ClusterCommand::Status,
