@@ -19,6 +19,9 @@
 #             same forwarder with raw peers; registry events while
 #             $EVENT_SERVICES services register at once (durable); the
 #             last-value cache's memory at its bounds ($LVC_CONFIGS)
+#   auth      access control on: locate with a token against locate with it off;
+#             a burst of $LOGIN_BURST (50) logins at the default argon2id cost
+#             while a client locates (its p99), then logins back to back
 #   peers     PyCOM 0.3.2's nameserver (needs the venv tests/run.sh makes)
 #
 #   BLOCKS=pubsub DURATION=2 REPEAT=3 bash bench/run.sh
@@ -36,7 +39,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-BLOCKS="${BLOCKS:-main durable restart bounded pubsub peers}"
+BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth peers}"
 REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
 RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
 PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
@@ -48,6 +51,7 @@ PUBSUB_RATE="${PUBSUB_RATE:-1000}"
 EVENT_SERVICES="${EVENT_SERVICES:-10000}"
 EVENT_CLIENTS="${EVENT_CLIENTS:-100}"
 EVENT_IN_FLIGHT="${EVENT_IN_FLIGHT:-100}"
+LOGIN_BURST="${LOGIN_BURST:-50}"
 # Default bounds, full at 10,000 topics; the byte bound (64 MiB) reached
 # first; the topic bound with small publications.
 LVC_CONFIGS="${LVC_CONFIGS:-10000:67108864:20000:1024 1000000:67108864:100000:1024 100000:67108864:100000:16}"
@@ -254,6 +258,32 @@ if block pubsub; then
 fi
 
 venv=target/py-peers
+if block auth; then
+  # Access control on (one user at the default argon2id cost, 64 MiB, made
+  # by pycomctl auth passwd; anonymous callers may preload under /bench/):
+  # locate carrying a token against locate with access control off, each
+  # with its raw echo; then a burst of $LOGIN_BURST logins while a client
+  # locates, and logins back to back.
+  printf %s bench | "$PYCOMCTL" auth passwd bench --password-stdin > "$work/users"
+  printf '[auth]\nenabled = true\nusers_file = "%s"\n\n[[auth.grant]]\nrole = "anonymous"\nregister = ["/bench/"]\n' "$work/users" > "$work/auth.toml"
+  echo "== locate (10,000 services): access control off, then on with a token"
+  header
+  start_pycomd "$work/auth-off"
+  wait_ready "$ns" >/dev/null
+  off1=$(bench --nameserver "$ns" --op locate --preload 10000 --clients 1 --in-flight 1); echo "$off1"
+  off64=$(bench --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64); echo "$off64"
+  stop_pycomd
+  PYCOMD_CONFIG="$work/auth.toml" start_pycomd "$work/auth-on"
+  wait_ready "$ns" >/dev/null
+  on1=$(bench --nameserver "$ns" --op locate --preload 10000 --clients 1 --in-flight 1 --login --user bench --password bench); echo "$on1"
+  on64=$(bench --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64 --login --user bench --password bench); echo "$on64"
+  ratio() { python3 -c "import sys; a, b = float(sys.argv[1].split()[3]), float(sys.argv[2].split()[3]); print(f'{b / a:.2f}')" "$1" "$2"; }
+  echo "locate with a token / without access control: $(ratio "$off1" "$on1") (1 in flight), $(ratio "$off64" "$on64") (4 x 64 in flight)"
+  echo "== logins at the default argon2id cost: a burst of $LOGIN_BURST while one client locates, then back to back"
+  "$bin/pycom-bench" --quiet --nameserver "$ns" --op login --preload 10000 --clients "$LOGIN_BURST" --duration "$DURATION" --user bench --password bench
+  stop_pycomd
+fi
+
 if ! block peers; then
   :
 elif "$venv/bin/python" -c 'import pycom' 2>/dev/null; then

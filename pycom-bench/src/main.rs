@@ -8,6 +8,8 @@
 //! pycom-bench --op pubsub --body-bytes 16,128,1024 --subscribers 1,4
 //! pycom-bench --op events --preload 10000 --clients 100 --in-flight 100
 //! pycom-bench --op lvc --topics 20000 --body-bytes 1024 --pycomd-pid PID
+//! pycom-bench --op locate --token TOKEN          # access control on
+//! pycom-bench --op login --user bench --password bench --clients 50
 //! ```
 //!
 //! Every run of the operation is followed by the same load on a raw
@@ -21,6 +23,7 @@
 mod background;
 mod disk;
 mod load;
+mod login;
 mod ops;
 mod pubsub;
 mod servers;
@@ -58,6 +61,9 @@ pub enum Op {
     /// Fill the forwarder's last-value cache with --topics topics and
     /// report pycomd's memory (--pycomd-pid) against its cache_bytes.
     Lvc,
+    /// Access control on: --clients logins at once (--user, --password)
+    /// while one client locates, then logins back to back for --duration.
+    Login,
 }
 
 #[derive(Parser, Debug)]
@@ -118,6 +124,18 @@ struct Cli {
     /// One JSON object per measurement on stdout
     #[arg(long)]
     json: bool,
+    /// A token every nameserver request carries (access control on)
+    #[arg(long, env = "PYCOM_TOKEN")]
+    token: Option<String>,
+    /// Log in first (--user, --password) and carry that token
+    #[arg(long, conflicts_with = "token")]
+    login: bool,
+    /// User name for --op login
+    #[arg(long, default_value = "bench")]
+    user: String,
+    /// Password for --op login
+    #[arg(long, default_value = "bench")]
+    password: String,
     /// No progress line
     #[arg(long)]
     quiet: bool,
@@ -186,6 +204,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     if matches!(cli.op, Op::Pubsub | Op::Events | Op::Lvc) {
         return pubsub::run(cli);
     }
+    if cli.op == Op::Login {
+        return login::run(cli, &ctx, &preloader);
+    }
     let echo = if cli.no_baseline {
         None
     } else {
@@ -198,7 +219,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     let target = service
         .as_ref()
         .map_or(cli.nameserver.clone(), |s| s.endpoint.clone());
-    let bodies = ops::Bodies::prepare(cli.op, cli.preload);
+    let token = match cli.login {
+        true => Some(login::token(cli, &ctx)?),
+        false => cli.token.clone(),
+    };
+    let bodies = ops::Bodies::prepare(cli.op, cli.preload, token.as_deref());
     if bodies.needs_preload() {
         let started = Instant::now();
         preloader.run(&ctx, &target, cli.preload)?;

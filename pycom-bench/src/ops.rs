@@ -27,11 +27,15 @@ pub struct Bodies {
 }
 
 impl Bodies {
-    pub fn prepare(op: Op, preload: usize) -> Bodies {
+    /// `token`: carried by every request (`extensions["org.pycom.auth"]`),
+    /// as a logged-in client's are.
+    pub fn prepare(op: Op, preload: usize, token: Option<&str>) -> Bodies {
         let call = |method: &str, args: serde_json::Value| {
-            json!({"version": "1.0", "interface": "org.pycom.nameserver", "method": method, "args": args})
-                .to_string()
-                .into_bytes()
+            let mut body = json!({"version": "1.0", "interface": "org.pycom.nameserver", "method": method, "args": args});
+            if let Some(token) = token {
+                body["extensions"] = json!({"org.pycom.auth": token});
+            }
+            body.to_string().into_bytes()
         };
         let n = preload.max(1);
         let fixed = match op {
@@ -42,7 +46,7 @@ impl Bodies {
             Op::Renew => (0..n)
                 .map(|i| call("renew", json!({"service": preloaded(i).1, "address": ADDRESS})))
                 .collect(),
-            Op::Register | Op::Fdatasync | Op::Pubsub | Op::Events | Op::Lvc => Vec::new(),
+            Op::Register | Op::Fdatasync | Op::Pubsub | Op::Events | Op::Lvc | Op::Login => Vec::new(),
             Op::Invoke | Op::InvokeRaw => vec![
                 json!({"version": "1.0", "interface": "bench.echo", "method": "echo",
                 "args": {"n": 1, "text": "hello"}})

@@ -70,6 +70,8 @@ pub struct Settings {
     pub changes_retained_bytes: usize,
     /// The pub-sub forwarder (`[pubsub]`).
     pub pubsub: PubsubSettings,
+    /// Access control (`[auth]`): off by default.
+    pub auth: AuthSettings,
     /// Membership of a replicated cluster (`[cluster]`); none: a single
     /// node, as without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,6 +196,70 @@ impl Default for PubsubSettings {
     }
 }
 
+/// `[auth]`: users, tokens and grants (PROTOCOL.md 7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Off (the default): everything works as without access control.
+    pub enabled: bool,
+    /// The users and their password hashes (htpasswd: `name:hash`,
+    /// argon2id or bcrypt). Relative paths are from pycomd's working dir.
+    pub users_file: String,
+    /// How long a token lasts, in seconds.
+    pub token_ttl: u64,
+    /// What callers without a token may do besides registering under the
+    /// `anonymous` role's grants: `read` (the nameserver's reads),
+    /// `subscribe`.
+    pub anonymous: Vec<String>,
+    /// Most tokens held at once; logins beyond get code 7.
+    pub max_tokens: usize,
+    /// Most tokens one user holds; a login beyond drops that user's oldest.
+    pub max_tokens_per_user: usize,
+    /// Role name -> its users. `admin` may do everything.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// What each role may do (`[[auth.grant]]`).
+    #[serde(default)]
+    pub grant: Vec<Grant>,
+}
+
+/// One `[[auth.grant]]`: what `role` may do. Deny by default; among the
+/// `register` prefixes that match a name, the longest decides, and one
+/// written `!/prefix/` denies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub role: String,
+    /// Service-path prefixes the role may register, renew and unregister.
+    #[serde(default)]
+    pub register: Vec<String>,
+    /// Interface patterns (`com.example.*`, `com.example.>`) the role may
+    /// call, as `validate` answers guarded services.
+    #[serde(default)]
+    pub call: Vec<String>,
+    /// Topic patterns the role may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Topic patterns the role may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> AuthSettings {
+        AuthSettings {
+            enabled: false,
+            users_file: String::new(),
+            token_ttl: 8 * 3600,
+            anonymous: vec!["read".to_string()],
+            max_tokens: 100_000,
+            max_tokens_per_user: 100,
+            roles: Default::default(),
+            grant: Vec::new(),
+        }
+    }
+}
+
 /// Settings a SIGHUP applies to the running pycomd; every other setting
 /// takes effect on restart.
 pub const LIVE: &[&str] = &[
@@ -205,6 +271,7 @@ pub const LIVE: &[&str] = &[
     "max_pending_reply_bytes",
     "max_record_bytes",
     "max_registry_bytes",
+    "auth",
 ];
 
 impl Default for Settings {
@@ -233,6 +300,7 @@ impl Default for Settings {
             changes_retained: 100_000,
             changes_retained_bytes: 64 * 1024 * 1024,
             pubsub: PubsubSettings::default(),
+            auth: AuthSettings::default(),
             cluster: None,
         }
     }
@@ -423,6 +491,8 @@ impl Settings {
             }
             if LIVE.contains(&name.as_str()) {
                 match &value {
+                    // Its own line says what changed (users, roles, grants).
+                    _ if name == "auth" => {}
                     serde_json::Value::String(v) => applied.push(format!("{name} = {v}")),
                     other => applied.push(format!("{name} = {other}")),
                 }

@@ -16,6 +16,7 @@
 //!
 //! [`run`] is the whole daemon; `main.rs` only parses flags and sets up logs.
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod leases;
@@ -101,14 +102,30 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         metadata: [("version".to_string(), env!("CARGO_PKG_VERSION").to_string())].into(),
         ttl_ms: None,
         revision: 0,
+        owner: None,
     };
     let pubsub = pubsub::start(&ctx, &settings).map_err(Failure::Start)?;
     let events = match pubsub.running() {
         Some(running) => Some(running.events(&ctx).map_err(Failure::Start)?),
         None => None,
     };
+    let policy = match settings.auth.enabled {
+        true => Some(auth::Policy::load(&settings.auth).map_err(Failure::Start)?),
+        false => None,
+    };
     let mut own = vec![me];
     own.extend(pubsub.running().map(|p| p.record(&address)));
+    if policy.is_some() {
+        own.push(Record {
+            service: pycom_client::auth::SERVICE.into(),
+            address: address.clone(),
+            interfaces: vec![pycom_client::auth::INTERFACE.to_string()],
+            metadata: Default::default(),
+            ttl_ms: None,
+            revision: 0,
+            owner: None,
+        });
+    }
     let (state, last, log, node, _lock): (_, _, Box<dyn log::Log>, _, _) = match (opened, &settings.cluster) {
         (Some(recovery::Opened { state, files }), _) => {
             let last = files.last;
@@ -156,6 +173,10 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     registry.set_history_limits(settings.changes_retained, settings.changes_retained_bytes);
     let (signal_handle, signal_thread) = signals::spawn(poster()?).map_err(Failure::Start)?;
 
+    let auth = match policy {
+        Some(policy) => Some(start_auth(policy, &settings.listen, &mailbox).map_err(Failure::Start)?),
+        None => None,
+    };
     let records = registry.state().len();
     let mut server = server::Server {
         router,
@@ -178,6 +199,8 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         cluster: node,
         admin_pending: Default::default(),
         next_admin: 0,
+        auth,
+        next_token_sweep: Instant::now(),
     };
     server.probe_all();
 
@@ -208,6 +231,43 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     }
     info!("every acknowledged write is durable; pycomd stopped");
     Ok(())
+}
+
+/// Access control's threads, and what the operator should know at start.
+fn start_auth(
+    policy: auth::Policy,
+    listen: &str,
+    mailbox: &mailbox::Mailbox,
+) -> Result<auth::methods::Auth, String> {
+    let hasher = auth::hasher::Hasher::start(|| mailbox.poster())?;
+    let loopback = [
+        "tcp://127.",
+        "tcp://localhost:",
+        "tcp://[::1]:",
+        "ipc://",
+        "inproc://",
+    ];
+    if !loopback.iter().any(|p| listen.starts_with(p)) {
+        tracing::warn!(
+            endpoint = listen,
+            "access control is on over a network endpoint without encryption: passwords and tokens travel in cleartext; keep pycomd on a trusted network or behind a WireGuard or SSH tunnel"
+        );
+    }
+    for line in policy.warnings() {
+        tracing::warn!("access control: {line}");
+    }
+    info!(
+        users = policy.users.len(),
+        users_file = %policy.users_file,
+        hashing_threads = hasher.threads,
+        "access control on"
+    );
+    Ok(auth::methods::Auth {
+        policy,
+        hasher,
+        throttle: Default::default(),
+        stats: Default::default(),
+    })
 }
 
 /// A cluster member's start: its Raft log and state machine in

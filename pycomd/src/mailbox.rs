@@ -72,6 +72,8 @@ pub enum Event {
         address: String,
         failures: u32,
     },
+    /// A password checked off the server thread.
+    Verified(crate::auth::hasher::Verdict),
     Signal(Signal),
 }
 

@@ -15,6 +15,7 @@
 //! log hands them back, in log order. One loop for both would need a
 //! handler that can defer its reply, which services do not need.
 
+use crate::auth;
 use crate::cluster;
 use crate::config::{Overrides, Settings};
 use crate::leases::Leases;
@@ -45,6 +46,8 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 /// so leases start a fresh full term before anything is expired (etcd
 /// #12528).
 const STALL: Duration = Duration::from_secs(1);
+/// How often expired tokens are looked for.
+const TOKEN_SWEEP: Duration = Duration::from_secs(60);
 /// How long the request socket stays open after the last replies of a
 /// stop: a client's libzmq (with ZMQ_IMMEDIATE, as pycom-client sets)
 /// discards a reply it has received but not yet handed to the application
@@ -81,6 +84,10 @@ pub struct Server {
     /// Cluster changes asked and not yet done: who asked.
     pub admin_pending: std::collections::HashMap<u64, Vec<zmq::Message>>,
     pub next_admin: u64,
+    /// Access control, when it is on.
+    pub auth: Option<auth::methods::Auth>,
+    /// When expired tokens are next looked for.
+    pub next_token_sweep: Instant,
 }
 
 /// How the server stopped.
@@ -108,6 +115,7 @@ impl Server {
             let now = Instant::now();
             self.notice_stall(last_turn, now, Duration::ZERO);
             self.expire(now);
+            self.expire_tokens(now);
             if let Some(node) = &mut self.cluster {
                 node.relay.expire(now, &mut self.outbox);
                 for reply in self.log.overdue(now) {
@@ -275,6 +283,45 @@ impl Server {
             ));
             return self.reply_fault(envelope, &fault);
         }
+        let relay = cluster::relayed(&request.interface, &request.method)
+            && self.cluster.as_ref().is_some_and(|n| !n.status.is_leader());
+        if relay {
+            let method = request.method.to_string();
+            return self.relay(envelope, parts, &method, now);
+        }
+        let caller = match auth::caller(
+            self.auth.as_ref().map(|a| &a.policy),
+            self.registry.state(),
+            request.extensions,
+        ) {
+            Ok(caller) => caller,
+            // A bad token may still log in again.
+            Err(_) if request.interface == pycom_client::auth::INTERFACE => auth::Caller::Anonymous,
+            Err(fault) => {
+                if let Some(a) = &mut self.auth {
+                    a.stats.bad_tokens += 1;
+                }
+                return self.reply_fault(envelope, &fault);
+            }
+        };
+        if request.interface == pycom_client::auth::INTERFACE {
+            let token = pycom_client::auth::token_in_raw(request.extensions)
+                .ok()
+                .flatten();
+            let step = auth::methods::dispatch(
+                self.auth.as_mut(),
+                self.registry.state(),
+                &caller,
+                token.as_deref(),
+                &request.method,
+                request.args,
+                now,
+            );
+            return self.auth_step(envelope, step);
+        }
+        if let Err(fault) = self.may_read(&caller, &request.interface, &request.method) {
+            return self.reply_fault(envelope, &fault);
+        }
         if request.interface == cluster::INTERFACE {
             return self.cluster_request(envelope, &request.method, request.args);
         }
@@ -293,17 +340,13 @@ impl Server {
         }
         if request.interface != INTERFACE {
             let fault = Fault::not_found(format!(
-                "pycomd serves only {INTERFACE} and {}, not '{}': locate the service through it and call it directly",
+                "pycomd serves only {INTERFACE}, {}, {} and {}, not '{}': locate the service through it and call it directly",
                 pycom_client::pubsub::wire::INTERFACE,
+                pycom_client::auth::INTERFACE,
+                cluster::INTERFACE,
                 request.interface
             ));
             return self.reply_fault(envelope, &fault);
-        }
-        let relay =
-            cluster::relayed(&request.method) && self.cluster.as_ref().is_some_and(|n| !n.status.is_leader());
-        if relay {
-            let method = request.method.to_string();
-            return self.relay(envelope, parts, &method, now);
         }
         let mut ctx = Context {
             registry: &self.registry,
@@ -316,19 +359,147 @@ impl Server {
             pubsub: &self.pubsub,
             probe_failures: &self.probe_failures,
             cluster: self.cluster.as_ref().map(|n| &n.status),
+            caller: &caller,
+            policy: self.auth.as_ref().map(|a| &a.policy),
+            auth_stats: self.auth.as_ref().map(|a| &a.stats),
         };
         let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
         debug!(method = %request.method, "request");
         match plan {
             Plan::Read(Ok(body)) => self.outbox.push(envelope, proto::STATUS_OK, body),
+            Plan::Read(Err(fault)) if fault.code == pycom_client::Code::AccessDenied => {
+                if let Some(a) = &mut self.auth {
+                    a.stats.denied_writes += 1;
+                }
+                self.reply_fault(envelope, &fault)
+            }
             Plan::Read(Err(fault)) => self.reply_fault(envelope, &fault),
-            Plan::Write(command) => self.propose(command, Some(ReplyTo { envelope })),
+            Plan::Write(command) => self.propose(command, Some(ReplyTo::to(envelope))),
             Plan::Body { body, fault } => {
                 if fault {
                     self.stats.faults += 1;
                 }
                 self.outbox.push_body(envelope, proto::STATUS_OK, body);
             }
+        }
+    }
+
+    /// Whether `caller` may make this request at all: the reads follow
+    /// `auth.anonymous` for callers without a token; cluster changes are
+    /// the admin's. Writes are checked by their handlers, per name.
+    fn may_read(&mut self, caller: &auth::Caller, interface: &str, method: &str) -> Result<(), Fault> {
+        let Some(a) = &mut self.auth else {
+            return Ok(());
+        };
+        if interface == cluster::INTERFACE
+            && method != "status"
+            && method != "introspect"
+            && !caller.is_admin()
+        {
+            a.stats.denied_admin += 1;
+            return Err(Fault::denied(format!(
+                "{} may not {method} cluster members: only the admin role may",
+                caller.name()
+            )));
+        }
+        let write = interface == INTERFACE && matches!(method, "register" | "unregister" | "renew");
+        if matches!(caller, auth::Caller::Anonymous) && !a.policy.anonymous_read && !write {
+            a.stats.denied_reads += 1;
+            return Err(Fault::denied(format!(
+                "an anonymous caller may not call {interface}.{method}: log in (auth.anonymous does not include 'read')"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Carry out what an authenticator method asked for.
+    fn auth_step(&mut self, envelope: Vec<zmq::Message>, step: auth::methods::Step) {
+        use auth::methods::Step;
+        match step {
+            Step::Reply(Ok(body)) => self.outbox.push(envelope, proto::STATUS_OK, body),
+            Step::Reply(Err(fault)) => self.reply_fault(envelope, &fault),
+            Step::Write(command) => self.propose(command, Some(ReplyTo::to(envelope))),
+            Step::Verify { user, password } => {
+                let Some(a) = &mut self.auth else {
+                    return;
+                };
+                let job = auth::hasher::Job {
+                    envelope,
+                    user,
+                    password,
+                    users: a.policy.users.clone(),
+                };
+                if let Err(job) = a.hasher.submit(job) {
+                    warn!(
+                        "a login was refused: {} logins already wait for a password check",
+                        auth::hasher::QUEUE
+                    );
+                    let fault = Fault::unavailable(format!(
+                        "authenticate: {} logins already wait for a password check (the login queue's limit): retry",
+                        auth::hasher::QUEUE
+                    ));
+                    self.reply_fault(job.envelope, &fault);
+                }
+            }
+        }
+    }
+
+    /// A password checked: write the login, or count the failure.
+    fn verified(&mut self, verdict: auth::hasher::Verdict) {
+        let Some(a) = &mut self.auth else {
+            return;
+        };
+        let now = Instant::now();
+        let roles = a.policy.roles_of(&verdict.user).filter(|_| verdict.ok);
+        let Some(roles) = roles else {
+            a.stats.login_failures += 1;
+            let held = a.throttle.failed(&verdict.user, now);
+            info!(user = ?verdict.user, held_s = held.map(|d| d.as_secs()), "a login failed");
+            let fault = Fault::denied("authenticate: wrong user name or password");
+            return self.reply_fault(verdict.envelope, &fault);
+        };
+        a.throttle.succeeded(&verdict.user);
+        a.stats.logins += 1;
+        let token = match pycom_client::auth::new_token() {
+            Ok(token) => token,
+            Err(e) => {
+                return self.reply_fault(
+                    verdict.envelope,
+                    &Fault::unavailable(format!("authenticate: {e}")),
+                )
+            }
+        };
+        let digest = auth::digest(&token);
+        info!(user = %verdict.user, token = %auth::fingerprint(&digest), "login");
+        let command = Command::Login {
+            token_sha256: auth::hex(&digest),
+            name: verdict.user,
+            roles,
+            expires_ms: auth::unix_ms().saturating_add(a.policy.token_ttl.as_millis() as u64),
+            keep: a.policy.max_tokens_per_user,
+        };
+        let reply = ReplyTo {
+            envelope: verdict.envelope,
+            token: Some(token),
+        };
+        self.propose(command, Some(reply));
+    }
+
+    /// Forget tokens that expired (where leases are kept: one node writes it).
+    fn expire_tokens(&mut self, now: Instant) {
+        if self.auth.is_none() || !self.keeps_leases() || now < self.next_token_sweep {
+            return;
+        }
+        self.next_token_sweep = now + TOKEN_SWEEP;
+        let now_ms = auth::unix_ms();
+        if self
+            .registry
+            .state()
+            .tokens()
+            .next_expiry()
+            .is_some_and(|t| t <= now_ms)
+        {
+            self.propose(Command::ExpireTokens { now_ms }, None);
         }
     }
 
@@ -562,6 +733,7 @@ impl Server {
                         self.log.snapshot(snapshot);
                     }
                 }
+                Event::Verified(verdict) => self.verified(verdict),
                 Event::Signal(Signal::Reload) => self.reload(),
                 Event::Signal(Signal::Stop(name)) => {
                     if matches!(flow, Flow::Serve) {
@@ -637,8 +809,14 @@ impl Server {
             if result.is_err() {
                 self.stats.faults += 1;
             }
-            self.outbox
-                .push(reply.envelope, proto::STATUS_OK, nameserver::written(&result));
+            let body = match (&result, &reply.token) {
+                (Ok(Applied::LoggedIn { expires_ms }), Some(token)) => proto::encode_response(
+                    Ok(&serde_json::json!({"token": token, "expires_ms": expires_ms})),
+                    None,
+                ),
+                _ => nameserver::written(&result),
+            };
+            self.outbox.push(reply.envelope, proto::STATUS_OK, body);
         }
     }
 
@@ -740,10 +918,42 @@ impl Server {
         }
     }
 
+    /// SIGHUP's part for access control: the users file is read again
+    /// even if the configuration did not change (that is how users are
+    /// added). A policy that does not load keeps the running one.
+    fn reload_auth(&mut self, new: &mut Settings, restart: &mut Vec<String>) {
+        if new.auth.enabled != self.auth.is_some() {
+            restart.push("auth.enabled".into());
+            new.auth = self.settings.auth.clone();
+            return;
+        }
+        let Some(a) = &mut self.auth else {
+            return;
+        };
+        match auth::Policy::load(&new.auth) {
+            Ok(policy) => {
+                let changed = policy.diff(&a.policy);
+                for line in policy.warnings() {
+                    warn!("access control: {line}");
+                }
+                a.policy = policy;
+                if changed.is_empty() {
+                    info!("reloaded access control: users and grants unchanged");
+                } else {
+                    info!("reloaded access control: {}", changed.join("; "));
+                }
+            }
+            Err(e) => {
+                error!("reload of access control failed, keeping the running users and grants: {e}");
+                new.auth = self.settings.auth.clone();
+            }
+        }
+    }
+
     /// SIGHUP: re-read the configuration and apply what can change live.
     fn reload(&mut self) {
         let reloaded = Settings::load(&self.overrides).and_then(|new| self.settings.reload(&new));
-        let (new, applied, restart) = match reloaded {
+        let (mut new, applied, mut restart) = match reloaded {
             Ok(r) => r,
             Err(e) => {
                 error!("reload failed, keeping the running configuration: {e}");
@@ -761,6 +971,7 @@ impl Server {
                 .max_message_bytes
                 .store(new.max_message_bytes, std::sync::atomic::Ordering::Relaxed);
         }
+        self.reload_auth(&mut new, &mut restart);
         self.settings = new;
         if applied.is_empty() {
             info!("reloaded configuration: nothing that can change live has changed");

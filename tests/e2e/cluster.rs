@@ -4,6 +4,7 @@
 
 use pycom_client::proto::Request;
 use pycom_client::{Code, Connection};
+use pycom_e2e::auth::{self, AuthSetup};
 use pycom_e2e::cluster::{agreed_leader, Cluster, ClusterOptions, History};
 use pycom_e2e::linearizability::{RegistryInput, RegistryOutput};
 use pycom_e2e::{leased, wait_until};
@@ -1477,4 +1478,69 @@ fn a_member_is_added_and_another_removed_under_load() {
     }
     let _ = node4.kill();
     let _ = node4.wait();
+}
+
+/// Logins are commands in the replicated log: a token issued through a
+/// follower (which relays `authenticate` to the leader) is valid on every
+/// node, outlives the leader, and a logout reaches every node.
+#[test]
+fn a_token_is_valid_on_every_node_and_outlives_the_leader() {
+    let users = AuthSetup::new(&[("alice", "alice-pw")], "");
+    let users_file = users.users().display().to_string();
+    let mut cluster = Cluster::with(
+        3,
+        ClusterOptions {
+            proxies: false,
+            env: vec![
+                ("PYCOMD_AUTH__ENABLED".into(), "true".into()),
+                ("PYCOMD_AUTH__USERS_FILE".into(), users_file),
+            ],
+            ..ClusterOptions::default()
+        },
+    );
+    let leader = cluster.expect_leader(Duration::from_secs(10));
+    let follower = cluster.follower(Duration::from_secs(10));
+    let mut token = None;
+    // Just after an election the relay may answer code 7 (not applied).
+    assert!(wait_until(Duration::from_secs(10), || {
+        token = auth::login(cluster.daemon(follower), "alice", "alice-pw").ok();
+        token.is_some()
+    }));
+    let token = token.expect("a token");
+    let valid_on = |cluster: &Cluster, id: u64| {
+        auth::call(
+            cluster.daemon(id),
+            None,
+            "org.pycom.authenticator",
+            "validate",
+            json!({"token": token}),
+        )
+        .is_ok_and(|v| v["name"] == "alice")
+    };
+    for id in cluster.ids() {
+        assert!(
+            wait_until(Duration::from_secs(10), || valid_on(&cluster, id)),
+            "node {id}"
+        );
+    }
+    cluster.kill9(leader);
+    let next = cluster.expect_leader(Duration::from_secs(10));
+    assert_ne!(next, leader);
+    for id in cluster.live() {
+        assert!(valid_on(&cluster, id), "node {id} after the leader died");
+    }
+    assert!(wait_until(Duration::from_secs(10), || auth::call(
+        cluster.daemon(next),
+        Some(&token),
+        "org.pycom.authenticator",
+        "logout",
+        Value::Null
+    )
+    .is_ok()));
+    for id in cluster.live() {
+        assert!(
+            wait_until(Duration::from_secs(10), || !valid_on(&cluster, id)),
+            "node {id} after logout"
+        );
+    }
 }

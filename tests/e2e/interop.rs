@@ -9,8 +9,9 @@
 //! without them these tests fail (set `PYCOM_SKIP_INTEROP=1` to skip them
 //! knowingly).
 
-use pycom_client::service::{Interface, Method, Reply, Service};
+use pycom_client::service::{Auth, Interface, Method, Reply, Service};
 use pycom_client::{Binary, Code, Context, Fault};
+use pycom_e2e::auth::AuthSetup;
 use pycom_e2e::fixtures::{calc, Calc};
 use pycom_e2e::{free_port, wait_until, Daemon, Streamed};
 use serde_json::json;
@@ -415,5 +416,59 @@ fn a_rust_subscriber_receives_a_pyzmq_publishers_messages() {
     assert!(
         sub.recv_timeout(Duration::from_millis(200)).unwrap().is_none(),
         "nothing more than it published"
+    );
+}
+
+/// PyCOM 0.6 logs in at pycomd (`Context.authenticate`), and a 0.6 service
+/// with `authentication="required"` checks callers' tokens with pycomd's
+/// `validate`: allowed with one, "Authentication required" without, and a
+/// wrong password refused. The 0.6 service registers without a token, under
+/// the anonymous role's grant (the migration path).
+#[test]
+fn pycom_0_6_0_logs_in_at_pycomd_and_its_guarded_service_checks_tokens() {
+    let Some(python) = python06() else { return };
+    let setup = AuthSetup::new(
+        &[("alice", "alice-pw")],
+        "[auth.roles]\nops = [\"alice\"]\n\n[[auth.grant]]\nrole = \"ops\"\ncall = [\"com.example.>\"]\n\n[[auth.grant]]\nrole = \"anonymous\"\nregister = [\"/com/example/\"]\n",
+    );
+    let d = setup.start();
+    // A pycom-client service that requires authentication, with the
+    // caller's name in its answer.
+    let whoami = Method::new("whoami", |req| {
+        let name = req.caller().map(|c| c.name.clone());
+        Ok(json!({ "name": name }).into())
+    });
+    let guarded = Interface::new("com.example.secure.rust")
+        .auth(Auth::required())
+        .method(whoami);
+    let _rust = Service::builder("/com/example/secure-rust")
+        .context(Context::new(&d.endpoint).unwrap())
+        .interface(guarded)
+        .start()
+        .unwrap();
+    let address = format!("tcp://127.0.0.1:{}", free_port());
+    let service_log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(&python)
+        .arg(script("pycom06_auth.py"))
+        .args(["service", &d.endpoint, &address, "/com/example/secure06"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(service_log.reopen().unwrap())
+        .spawn()
+        .expect("start the PyCOM 0.6 service");
+    let _service = Killed(child);
+    let registered = wait_until(Duration::from_secs(20), || {
+        d.ns().locate("com.example.secure06", None).is_ok()
+    });
+    assert!(
+        registered,
+        "the guarded PyCOM 0.6 service did not register; pycomd log:\n{}\nservice log:\n{}",
+        d.log(),
+        std::fs::read_to_string(service_log.path()).unwrap_or_default()
+    );
+    run_script(
+        &python,
+        "pycom06_auth.py",
+        &["client", &d.endpoint, "alice", "alice-pw"],
     );
 }

@@ -5,6 +5,7 @@
 //! The binaries are taken from the target directory this test was built
 //! into (`cargo build --workspace` first; `tests/run.sh` does).
 
+pub mod auth;
 pub mod cluster;
 pub mod fixtures;
 pub mod linearizability;
@@ -178,7 +179,11 @@ impl Daemon {
     pub(crate) fn wait_serving(&mut self) {
         let ok = wait_until(Duration::from_secs(15), || {
             self.assert_running();
-            self.ns_with_timeout(200).stat().is_ok()
+            // Refused is serving too (access control without anonymous reads).
+            matches!(
+                self.ns_with_timeout(200).stat(),
+                Ok(_) | Err(pycom_client::Error::AccessDenied(_))
+            )
         });
         assert!(ok, "pycomd did not start serving; log:\n{}", self.log());
         // Where its forwarder is; a restart binds the same ports again, as

@@ -138,8 +138,13 @@ impl Node {
 
 /// Methods a follower relays to the leader: the writes, and `renew`
 /// (leases are the leader's).
-pub fn relayed(method: &str) -> bool {
-    matches!(method, "register" | "unregister" | "renew")
+pub fn relayed(interface: &str, method: &str) -> bool {
+    match interface {
+        pycom_client::nameserver::INTERFACE => matches!(method, "register" | "unregister" | "renew"),
+        // The leader checks the password and writes the login.
+        pycom_client::auth::INTERFACE => matches!(method, "authenticate" | "logout"),
+        _ => false,
+    }
 }
 
 /// Whether a write answered code 7 may still take effect.

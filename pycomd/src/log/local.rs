@@ -52,6 +52,8 @@ struct Counters {
     snapshots: AtomicU64,
 }
 
+// Nearly every job is a proposal: boxing them would add an allocation per write.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Propose(Proposal),
     /// The compactor wrote a snapshot; the log before `index` may go.

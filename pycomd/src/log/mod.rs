@@ -55,6 +55,17 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct ReplyTo {
     pub envelope: Vec<zmq::Message>,
+    /// A login's new token, for its reply only: the log holds its hash.
+    pub token: Option<String>,
+}
+
+impl ReplyTo {
+    pub fn to(envelope: Vec<zmq::Message>) -> ReplyTo {
+        ReplyTo {
+            envelope,
+            token: None,
+        }
+    }
 }
 
 /// A command waiting to be made durable.

@@ -10,6 +10,7 @@
 
 use super::wal::sync_dir;
 use super::LogId;
+use crate::registry::tokens::Token;
 use crate::registry::{Record, State};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -26,6 +27,9 @@ pub struct SnapshotData {
     pub last: LogId,
     pub revision: u64,
     pub records: Vec<Record>,
+    /// Live logins (none in snapshots from before access control).
+    #[serde(default)]
+    pub tokens: Vec<Token>,
 }
 
 /// The state as of one entry, taken by the server in a blink: the records
@@ -35,6 +39,7 @@ pub struct Snapshot {
     pub last: LogId,
     pub revision: u64,
     pub records: Vec<Arc<Record>>,
+    pub tokens: Vec<Arc<Token>>,
 }
 
 impl Snapshot {
@@ -43,6 +48,7 @@ impl Snapshot {
             last,
             revision: state.revision(),
             records: state.shared().cloned().collect(),
+            tokens: state.tokens().shared().cloned().collect(),
         }
     }
 }
@@ -53,11 +59,15 @@ struct SnapshotRef<'a> {
     last: LogId,
     revision: u64,
     records: &'a [Arc<Record>],
+    tokens: &'a [Arc<Token>],
 }
 
 impl SnapshotData {
     pub fn into_state(self) -> (State, LogId) {
-        (State::from_parts(self.revision, self.records), self.last)
+        (
+            State::from_parts(self.revision, self.records, self.tokens),
+            self.last,
+        )
     }
 }
 
@@ -79,6 +89,7 @@ impl Snapshot {
             last: self.last,
             revision: self.revision,
             records: &self.records,
+            tokens: &self.tokens,
         };
         serde_json::to_vec(&data).map_err(io::Error::other)
     }

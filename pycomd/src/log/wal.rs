@@ -561,6 +561,8 @@ mod tests {
             payload: Payload::Command(Command::Unregister {
                 service: format!("/s/{index}"),
                 address: "tcp://a:1".into(),
+                owner: None,
+                admin: false,
             }),
         };
         let mut buf = Vec::new();

@@ -253,6 +253,7 @@ mod tests {
                 ttl_ms: None,
                 metadata: None,
                 lapsed: None,
+                owner: None,
             });
         }
         r
@@ -281,6 +282,9 @@ mod tests {
                 pubsub: &off,
                 probe_failures: &Default::default(),
                 cluster: None,
+                caller: &crate::auth::Caller::Open,
+                policy: None,
+                auth_stats: None,
             };
             let args = Args::new("list_services", &args).unwrap();
             let budget = Budget {

@@ -71,6 +71,12 @@ pub struct Context<'a> {
     pub probe_failures: &'a crate::registry::Map<String, u32>,
     /// This node in its cluster, if it is in one (for `stat`).
     pub cluster: Option<&'a crate::cluster::Status>,
+    /// Who is calling (`Open` with access control off).
+    pub caller: &'a crate::auth::Caller,
+    /// The access policy, when access control is on.
+    pub policy: Option<&'a crate::auth::Policy>,
+    /// Its counters, for `stat`.
+    pub auth_stats: Option<&'a crate::auth::methods::AuthStats>,
 }
 
 /// Big replies: the last one made, for a client asking the same again at
@@ -116,6 +122,15 @@ impl Replies {
 pub const SHARED_REPLY_BYTES: usize = 64 * 1024;
 
 impl Context<'_> {
+    /// May the caller `what` (register, renew, unregister) `service`?
+    /// Always, with access control off.
+    pub fn may_write(&self, service: &str, what: &str) -> Result<(), Fault> {
+        match self.policy {
+            Some(policy) => policy.may_register(self.caller, service, what),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `service`'s lease (if it has one) has not run out.
     ///
     /// A cluster's followers keep no lease deadlines (renewals go to the

@@ -63,6 +63,8 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
             "register: names under {RESERVED_PREFIX} are pycomd's own; '{service}' cannot be registered"
         )));
     }
+    ctx.may_write(&service, "register")?;
+    let owner = ctx.caller.owner();
     // Refusals that need no log entry; applying checks ownership again,
     // against the state as it is by then. In a cluster this node's state
     // may be behind (a leader cut off, not yet knowing it): only the log
@@ -70,8 +72,8 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
     let lapsed = ctx.leases.lapsed(&service, ctx.now);
     let old = ctx.registry.get(&service);
     match old {
-        Some(old) if lapsed.is_none() && old.address != address && ctx.cluster.is_none() => {
-            return Err(not_owner(old, "register"));
+        Some(old) if lapsed.is_none() && !old.owned_by(address, owner) && ctx.cluster.is_none() => {
+            return Err(not_owner(old, "register", owner));
         }
         Some(_) => {}
         None if ctx.registry.state().len() >= ctx.settings.max_records => {
@@ -127,6 +129,7 @@ fn parse(ctx: &Context, args: &Args) -> Result<Command, Fault> {
         ttl_ms,
         metadata,
         lapsed,
+        owner: owner.map(str::to_string),
     })
 }
 

@@ -44,9 +44,11 @@ fn extend(ctx: &mut Context, service: &str, address: &str) -> Result<Vec<u8>, Fa
         .get(service)
         .filter(|_| ctx.live(service))
         .ok_or_else(|| unknown(service, "renew"))?;
-    if record.address != address {
-        return Err(not_owner(record, "renew"));
+    let owner = ctx.caller.owner();
+    if !record.owned_by(address, owner) {
+        return Err(not_owner(record, "renew", owner));
     }
+    ctx.may_write(service, "renew")?;
     // A probed record has no lease to extend: the answer says so by having none.
     let lease_ms = match record.ttl_ms {
         Some(_) => Some(

@@ -24,6 +24,9 @@ struct Stat<'a> {
     pubsub: Pubsub,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<&'a crate::cluster::Status>,
+    /// Logins and refusals by kind (access control on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<&'a crate::auth::methods::AuthStats>,
 }
 
 /// The forwarder's counters, or why it does not run.
@@ -54,5 +57,6 @@ pub fn stat(ctx: &mut Context) -> Plan {
             crate::pubsub::Started::Off(why) => Pubsub::Off { off: why.clone() },
         },
         cluster: ctx.cluster,
+        auth: ctx.auth_stats,
     }))
 }

@@ -142,6 +142,7 @@ impl Pubsub {
             .into(),
             ttl_ms: None,
             revision: 0,
+            owner: None,
         }
     }
 

@@ -25,13 +25,39 @@ pub enum Command {
         /// applied yet.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lapsed: Option<u64>,
+        /// The principal registering (access control on, with a token):
+        /// it owns the name wherever it runs. `None`: the address does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
-    /// The owner removes its record.
-    Unregister { service: String, address: String },
+    /// The owner (or an admin) removes its record.
+    Unregister {
+        service: String,
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        /// An admin removes it whoever owns it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        admin: bool,
+    },
     /// The lease of this version of the record ran out.
     Expire { service: String, revision: u64 },
     /// The probes of this version of a lease-less record went unanswered.
     ProbeFailed { service: String, revision: u64 },
+    /// A login: the token's SHA-256 (hex; the token itself is never
+    /// written), whose it is and until when (unix ms). `keep` bounds the
+    /// user's tokens: the oldest beyond it are dropped.
+    Login {
+        token_sha256: String,
+        name: String,
+        roles: Vec<String>,
+        expires_ms: u64,
+        keep: usize,
+    },
+    /// A logout: that token no longer counts.
+    Logout { token_sha256: String },
+    /// Tokens that expired by `now_ms` are forgotten.
+    ExpireTokens { now_ms: u64 },
 }
 
 impl Command {
@@ -42,6 +68,9 @@ impl Command {
             Command::Unregister { .. } => "unregister",
             Command::Expire { .. } => "expire",
             Command::ProbeFailed { .. } => "probe_failed",
+            Command::Login { .. } => "login",
+            Command::Logout { .. } => "logout",
+            Command::ExpireTokens { .. } => "expire_tokens",
         }
     }
 }

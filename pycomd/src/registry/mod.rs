@@ -14,6 +14,7 @@ pub mod command;
 pub mod history;
 mod index;
 pub mod record;
+pub mod tokens;
 
 use ahash::RandomState;
 use pycom_client::proto::Fault;
@@ -42,6 +43,8 @@ pub struct State {
     records: Map<Arc<str>, Arc<Record>>,
     /// The records' sizes added up ([`Record::size`]).
     bytes: usize,
+    /// Live logins (access control), by their tokens' SHA-256.
+    tokens: tokens::Tokens,
 }
 
 /// What a change did, for events and for whatever keeps derived data.
@@ -85,13 +88,21 @@ pub enum Applied {
     /// An expiry or probe verdict: whether it removed the record (a newer
     /// version of the name is left alone).
     Removed(bool),
+    /// A login kept until then (unix ms).
+    LoggedIn {
+        expires_ms: u64,
+    },
+    /// A logout: whether the token was held.
+    LoggedOut(bool),
+    /// Expired tokens forgotten: how many.
+    TokensExpired(usize),
 }
 
 pub type Outcome = (Result<Applied, Fault>, Vec<Change>);
 
 impl State {
     /// The state a snapshot holds.
-    pub fn from_parts(revision: u64, records: Vec<Record>) -> State {
+    pub fn from_parts(revision: u64, records: Vec<Record>, tokens: Vec<tokens::Token>) -> State {
         let mut map = Map::with_capacity_and_hasher(records.len(), RandomState::new());
         let mut bytes = 0;
         for r in records {
@@ -102,7 +113,13 @@ impl State {
             revision,
             records: map,
             bytes,
+            tokens: tokens::Tokens::from_parts(tokens),
         }
+    }
+
+    /// Live logins.
+    pub fn tokens(&self) -> &tokens::Tokens {
+        &self.tokens
     }
 
     pub fn revision(&self) -> u64 {
@@ -146,6 +163,7 @@ impl State {
                 ttl_ms,
                 metadata,
                 lapsed,
+                owner,
             } => {
                 let mut changes = Vec::new();
                 if service.starts_with(RESERVED_PREFIX) {
@@ -162,8 +180,8 @@ impl State {
                 }
                 let old = self.records.get(service.as_str());
                 if let Some(old) = old {
-                    if old.address != *address {
-                        return (Err(not_owner(old, "register")), changes);
+                    if !old.owned_by(address, owner.as_deref()) {
+                        return (Err(not_owner(old, "register", owner.as_deref())), changes);
                     }
                 }
                 let mut record = Record {
@@ -173,6 +191,7 @@ impl State {
                     metadata: metadata.clone().unwrap_or_default(),
                     ttl_ms: *ttl_ms,
                     revision: 0,
+                    owner: owner.as_deref().map(Arc::from),
                 };
                 if let Some(old) = old {
                     if !replace {
@@ -207,12 +226,17 @@ impl State {
                 });
                 (Ok(Applied::Registered(record)), changes)
             }
-            Command::Unregister { service, address } => {
+            Command::Unregister {
+                service,
+                address,
+                owner,
+                admin,
+            } => {
                 let Some(old) = self.records.get(service.as_str()) else {
                     return (Err(unknown(service, "unregister")), Vec::new());
                 };
-                if old.address != *address {
-                    return (Err(not_owner(old, "unregister")), Vec::new());
+                if !admin && !old.owned_by(address, owner.as_deref()) {
+                    return (Err(not_owner(old, "unregister", owner.as_deref())), Vec::new());
                 }
                 let changes = self.remove(service, ChangeKind::Unregistered);
                 (Ok(Applied::Unregistered), changes.into_iter().collect())
@@ -223,6 +247,37 @@ impl State {
             Command::ProbeFailed { service, revision } => {
                 self.remove_version(service, *revision, ChangeKind::Dropped, |r| r.ttl_ms.is_none())
             }
+            // Logins change no record and no revision: they are not
+            // registry events.
+            Command::Login {
+                token_sha256,
+                name,
+                roles,
+                expires_ms,
+                keep,
+            } => {
+                let token = tokens::Token {
+                    sha256: token_sha256.clone(),
+                    name: Arc::from(name.as_str()),
+                    roles: roles.clone(),
+                    expires_ms: *expires_ms,
+                };
+                self.tokens.login(token, *keep);
+                (
+                    Ok(Applied::LoggedIn {
+                        expires_ms: *expires_ms,
+                    }),
+                    Vec::new(),
+                )
+            }
+            Command::Logout { token_sha256 } => (
+                Ok(Applied::LoggedOut(self.tokens.logout(token_sha256))),
+                Vec::new(),
+            ),
+            Command::ExpireTokens { now_ms } => (
+                Ok(Applied::TokensExpired(self.tokens.expire(*now_ms))),
+                Vec::new(),
+            ),
         }
     }
 
@@ -257,11 +312,23 @@ impl State {
     }
 }
 
-pub fn not_owner(record: &Record, what: &str) -> Fault {
-    Fault::denied(format!(
-        "{what}: service '{}' is owned by another address ({}); it is free once that record is unregistered or expires",
-        record.service, record.address
-    ))
+/// Code 5: `by` (a principal, or an anonymous caller) does not own `record`.
+pub fn not_owner(record: &Record, what: &str, by: Option<&str>) -> Fault {
+    let holder = match &record.owner {
+        Some(owner) => format!("{owner} (at {})", record.address),
+        None => format!("another address ({})", record.address),
+    };
+    let free = "it is free once that record is unregistered or expires";
+    Fault::denied(match by {
+        Some(by) => format!(
+            "{by} may not {what} {}: it is owned by {holder}; {free}",
+            record.service
+        ),
+        None => format!(
+            "{what}: service '{}' is owned by {holder}; {free}",
+            record.service
+        ),
+    })
 }
 
 pub fn unknown(service: &str, what: &str) -> Fault {

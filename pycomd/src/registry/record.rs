@@ -23,6 +23,10 @@ pub struct Record {
     /// older version cannot remove a newer one.
     #[serde(default)]
     pub revision: u64,
+    /// The principal that registered it (access control on, with a token):
+    /// it owns the name from any address. `None`: the address owns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Arc<str>>,
 }
 
 /// The record as `locate` and `list_services` return it, borrowed.
@@ -47,6 +51,18 @@ impl Record {
     /// The record's size as limits count it: its strings' bytes.
     pub fn size(&self) -> usize {
         record_size(&self.service, &self.address, &self.interfaces, &self.metadata)
+            + self.owner.as_ref().map_or(0, |o| o.len())
+    }
+
+    /// Whether a caller at `address`, logged in as `owner` (if at all),
+    /// owns this record: a principal's record is that principal's from any
+    /// address; an anonymous record belongs to its address.
+    pub fn owned_by(&self, address: &str, owner: Option<&str>) -> bool {
+        match (&self.owner, owner) {
+            (Some(mine), Some(theirs)) => &**mine == theirs,
+            (Some(_), None) => false,
+            (None, _) => self.address == address,
+        }
     }
 
     /// The same registration: a register that would change nothing.
@@ -55,6 +71,7 @@ impl Record {
             && self.interfaces == other.interfaces
             && self.metadata == other.metadata
             && self.ttl_ms == other.ttl_ms
+            && self.owner == other.owner
     }
 }
 

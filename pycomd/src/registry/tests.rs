@@ -10,6 +10,7 @@ fn register(service: &str, address: &str, ifaces: &[&str], replace: bool, ttl_ms
         ttl_ms,
         metadata: None,
         lapsed: None,
+        owner: None,
     }
 }
 
@@ -50,6 +51,8 @@ fn the_revision_grows_by_one_per_change_and_not_for_a_repeat() {
     let (_, changes) = s.apply(&Command::Unregister {
         service: "/s".into(),
         address: "tcp://a:1".into(),
+        owner: None,
+        admin: false,
     });
     assert_eq!(changes[0].kind, ChangeKind::Unregistered);
     assert_eq!(s.revision(), 3);
@@ -66,6 +69,8 @@ fn another_address_is_refused_and_changes_nothing() {
     let (result, _) = s.apply(&Command::Unregister {
         service: "/s".into(),
         address: "tcp://b:1".into(),
+        owner: None,
+        admin: false,
     });
     assert_eq!(result.unwrap_err().code, Code::AccessDenied);
     assert_eq!(s, before);
@@ -156,6 +161,7 @@ fn the_index_follows_the_state() {
         metadata: Default::default(),
         ttl_ms: None,
         revision: 0,
+        owner: None,
     };
     let mut r = Registry::new(State::default(), vec![me]);
     for s in ["/a", "/b", "/c"] {
@@ -190,8 +196,10 @@ fn the_state_counts_its_records_bytes() {
     let _ = s.apply(&Command::Unregister {
         service: "/s".into(),
         address: "tcp://a:1".into(),
+        owner: None,
+        admin: false,
     });
     assert_eq!(s.bytes(), 0);
-    let rebuilt = State::from_parts(0, vec![]);
+    let rebuilt = State::from_parts(0, vec![], vec![]);
     assert_eq!(rebuilt.bytes(), 0);
 }
