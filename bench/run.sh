@@ -265,7 +265,7 @@ if block auth; then
   # with its raw echo; then a burst of $LOGIN_BURST logins while a client
   # locates, and logins back to back.
   printf %s bench | "$PYCOMCTL" auth passwd bench --password-stdin > "$work/users"
-  printf '[auth]\nenabled = true\nusers_file = "%s"\n\n[[auth.grant]]\nrole = "anonymous"\nregister = ["/bench/"]\n' "$work/users" > "$work/auth.toml"
+  printf '[auth]\nenabled = true\nusers_file = "%s"\n\n[auth.roles]\nbench = ["bench"]\n\n[[auth.grant]]\nrole = "bench"\ncall = ["bench.>"]\n\n[[auth.grant]]\nrole = "anonymous"\nregister = ["/bench/"]\n' "$work/users" > "$work/auth.toml"
   echo "== locate (10,000 services): access control off, then on with a token"
   header
   start_pycomd "$work/auth-off"
@@ -277,8 +277,17 @@ if block auth; then
   wait_ready "$ns" >/dev/null
   on1=$(bench --nameserver "$ns" --op locate --preload 10000 --clients 1 --in-flight 1 --login --user bench --password bench); echo "$on1"
   on64=$(bench --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64 --login --user bench --password bench); echo "$on64"
-  ratio() { python3 -c "import sys; a, b = float(sys.argv[1].split()[3]), float(sys.argv[2].split()[3]); print(f'{b / a:.2f}')" "$1" "$2"; }
+  # Second row against the first: each row's ratio to its own raw echo, divided
+  # (the machine's speed drifts between rows), then the plain req/s ratio.
+  ratio() { python3 -c "import sys; a, b = sys.argv[1].split(), sys.argv[2].split(); print(f'{float(b[12]) / float(a[12]):.2f} (req/s alone {float(b[3]) / float(a[3]):.2f})')" "$1" "$2"; }
   echo "locate with a token / without access control: $(ratio "$off1" "$on1") (1 in flight), $(ratio "$off64" "$on64") (4 x 64 in flight)"
+  echo "== invoke, pycom-client echo service: unguarded, then Auth::required with a token (validated with pycomd once, then cached)"
+  header
+  u1=$(bench --nameserver "$ns" --op invoke --clients 4); echo "$u1"
+  g1=$(bench --nameserver "$ns" --op invoke --clients 4 --guarded --login --user bench --password bench); echo "$g1"
+  u64=$(bench --nameserver "$ns" --op invoke-raw --clients 4 --in-flight 64); echo "$u64"
+  g64=$(bench --nameserver "$ns" --op invoke-raw --clients 4 --in-flight 64 --guarded --login --user bench --password bench); echo "$g64"
+  echo "guarded / unguarded: $(ratio "$u1" "$g1") (components, 1 in flight each), $(ratio "$u64" "$g64") (raw, 4 x 64 in flight)"
   echo "== logins at the default argon2id cost: a burst of $LOGIN_BURST while one client locates, then back to back"
   "$bin/pycom-bench" --quiet --nameserver "$ns" --op login --preload 10000 --clients "$LOGIN_BURST" --duration "$DURATION" --user bench --password bench
   stop_pycomd

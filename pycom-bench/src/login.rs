@@ -145,7 +145,12 @@ pub fn run(cli: &Cli, ctx: &zmq::Context, preloader: &Preload) -> Result<(), Str
                     let until = Instant::now() + duration;
                     while Instant::now() < until {
                         let t = Instant::now();
-                        match login(&mut conn, cli) {
+                        let result = login(&mut conn, cli);
+                        // Logins still queued when the time is up do not count.
+                        if Instant::now() > until {
+                            break;
+                        }
+                        match result {
                             Ok(()) => {
                                 m.ok += 1;
                                 m.latencies_us

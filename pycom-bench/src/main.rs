@@ -130,6 +130,11 @@ struct Cli {
     /// Log in first (--user, --password) and carry that token
     #[arg(long, conflicts_with = "token")]
     login: bool,
+    /// invoke, invoke-raw: the echo service requires authentication, its
+    /// callers' tokens checked with --nameserver's pycomd (cached); give
+    /// the calls a token with --login
+    #[arg(long)]
+    guarded: bool,
     /// User name for --op login
     #[arg(long, default_value = "bench")]
     user: String,
@@ -184,7 +189,8 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), String> {
     if let Some(kind) = &cli.serve {
-        return servers::serve(kind, cli.workers, cli.hwm);
+        let guard = cli.guarded.then_some(cli.nameserver.as_str());
+        return servers::serve(kind, cli.workers, cli.hwm, guard);
     }
     if cli.duration <= 0.0 || cli.in_flight == 0 {
         return Err("--duration and --in-flight must be positive".into());
@@ -213,6 +219,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         Some(servers::Child::spawn("echo", 1)?)
     };
     let service = match cli.op {
+        Op::Invoke | Op::InvokeRaw if cli.guarded => Some(servers::Child::spawn_with(
+            "service",
+            &[
+                "--workers",
+                &cli.workers.to_string(),
+                "--guarded",
+                "--nameserver",
+                &cli.nameserver,
+            ],
+        )?),
         Op::Invoke | Op::InvokeRaw => Some(servers::Child::spawn("service", cli.workers)?),
         _ => None,
     };
@@ -251,7 +267,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 None => None,
             };
             let measured = if cli.op == Op::Invoke {
-                ops::invoke_with_components(&target, clients, duration)?
+                ops::invoke_with_components(&target, clients, duration, token.as_deref())?
             } else {
                 let body = |c: usize, s: u64| bodies.body(c, s);
                 Load {

@@ -47,12 +47,14 @@ impl Bodies {
                 .map(|i| call("renew", json!({"service": preloaded(i).1, "address": ADDRESS})))
                 .collect(),
             Op::Register | Op::Fdatasync | Op::Pubsub | Op::Events | Op::Lvc | Op::Login => Vec::new(),
-            Op::Invoke | Op::InvokeRaw => vec![
-                json!({"version": "1.0", "interface": "bench.echo", "method": "echo",
-                "args": {"n": 1, "text": "hello"}})
-                .to_string()
-                .into_bytes(),
-            ],
+            Op::Invoke | Op::InvokeRaw => {
+                let mut body = json!({"version": "1.0", "interface": "bench.echo", "method": "echo",
+                "args": {"n": 1, "text": "hello"}});
+                if let Some(token) = token {
+                    body["extensions"] = json!({"org.pycom.auth": token});
+                }
+                vec![body.to_string().into_bytes()]
+            }
         };
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -203,8 +205,12 @@ pub fn invoke_with_components(
     endpoint: &str,
     clients: usize,
     duration: Duration,
+    token: Option<&str>,
 ) -> Result<Measured, String> {
-    let ctx = Context::new("tcp://127.0.0.1:1").map_err(|e| e.to_string())?;
+    let mut ctx = Context::new("tcp://127.0.0.1:1").map_err(|e| e.to_string())?;
+    if let Some(token) = token {
+        ctx = ctx.with_token(token);
+    }
     let deadline = Instant::now() + duration;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients)

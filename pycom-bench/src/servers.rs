@@ -3,7 +3,7 @@
 //! same binary with `--serve`), so it meets the load exactly as pycomd does:
 //! its own process, its own ZeroMQ I/O thread.
 
-use pycom_client::service::{Interface, RunningService, Service};
+use pycom_client::service::{Auth, Interface, RunningService, Service};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -57,11 +57,18 @@ impl Drop for RawEcho {
 }
 
 /// `bench.echo.echo(args) -> args`, hosted with pycom-client, unregistered.
-pub fn echo_service(workers: usize) -> Result<RunningService, String> {
-    let echo = Interface::new("bench.echo").handle("echo", |req| Ok(req.args.clone().into()));
-    Service::builder("/bench/echo")
+/// `guard`: the pycomd that validates callers' tokens, for an echo that
+/// requires authentication (`Auth::required`, answers cached).
+pub fn echo_service(workers: usize, guard: Option<&str>) -> Result<RunningService, String> {
+    let mut echo = Interface::new("bench.echo").handle("echo", |req| Ok(req.args.clone().into()));
+    let mut builder = Service::builder("/bench/echo")
         .without_registration()
-        .workers(workers)
+        .workers(workers);
+    if let Some(nameserver) = guard {
+        echo = echo.auth(Auth::required());
+        builder = builder.context(pycom_client::Context::new(nameserver).map_err(|e| e.to_string())?);
+    }
+    builder
         .interface(echo)
         .start()
         .map_err(|e| format!("cannot start the echo service: {e}"))
@@ -148,7 +155,7 @@ fn raw_proxy(ctx: &zmq::Context, hwm: i32) -> Result<String, String> {
 }
 
 /// The `--serve` mode: serve until stdin closes.
-pub fn serve(kind: &str, workers: usize, hwm: i32) -> Result<(), String> {
+pub fn serve(kind: &str, workers: usize, hwm: i32, guard: Option<&str>) -> Result<(), String> {
     let ctx = zmq::Context::new();
     if kind == "proxy" {
         println!("{}", raw_proxy(&ctx, hwm)?);
@@ -164,7 +171,7 @@ pub fn serve(kind: &str, workers: usize, hwm: i32) -> Result<(), String> {
             (echo.endpoint.clone(), Some(echo), None)
         }
         "service" => {
-            let service = echo_service(workers)?;
+            let service = echo_service(workers, guard)?;
             (service.endpoint().to_string(), None, Some(service))
         }
         other => return Err(format!("unknown server kind '{other}'")),

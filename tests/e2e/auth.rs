@@ -3,7 +3,7 @@
 //! that fails when the rule is removed.
 
 use pycom_client::proto::{Code, Fault, Request};
-use pycom_e2e::auth::{call, login, AuthSetup};
+use pycom_e2e::auth::{call, login, validate, AuthSetup};
 use pycom_e2e::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -82,33 +82,16 @@ fn tokens_validate_and_carry_who_and_what_they_may_call() {
     assert_eq!(located["address"], d.endpoint.as_str());
     let token = login(&d, "alice", "alice-pw").expect("login");
     assert!(token.len() >= 43, "at least 32 random bytes: {token}");
-    let v = call(
+    let v = validate(
         &d,
-        None,
-        "org.pycom.authenticator",
-        "validate",
         json!({"token": token, "interface": "com.billing.invoices", "method": "pay"}),
     )
     .expect("validate");
     assert_eq!(v, json!({"name": "alice", "roles": ["billing"], "allowed": true}));
-    let v = call(
-        &d,
-        None,
-        "org.pycom.authenticator",
-        "validate",
-        json!({"token": token, "interface": "com.other.x"}),
-    )
-    .expect("validate");
+    let v = validate(&d, json!({"token": token, "interface": "com.other.x"})).expect("validate");
     assert_eq!(v["allowed"], false);
     // PyCOM 0.6 validates with the token alone.
-    let v = call(
-        &d,
-        None,
-        "org.pycom.authenticator",
-        "validate",
-        json!({"token": token}),
-    )
-    .expect("validate");
+    let v = validate(&d, json!({"token": token})).expect("validate");
     assert_eq!(v, json!({"name": "alice", "roles": ["billing"]}));
     // The object form of the extension is accepted too.
     let mut request = Request::new("org.pycom.nameserver", "stat", Value::Null);
@@ -331,14 +314,7 @@ fn an_expired_token_is_refused() {
         Value::Null
     )
     .is_err_and(|f| f.message.contains("expired"))));
-    let f = call(
-        &d,
-        None,
-        "org.pycom.authenticator",
-        "validate",
-        json!({"token": token}),
-    )
-    .expect_err("expired");
+    let f = validate(&d, json!({"token": token})).expect_err("expired");
     assert_eq!(f.code, Code::AccessDenied);
 }
 
@@ -359,14 +335,7 @@ fn the_real_argon2id_cost_logs_in_and_sighup_reloads_users() {
         d.log()
     );
     let token = login(&d, "carol", "carol-pw").expect("carol logs in after the reload");
-    let v = call(
-        &d,
-        None,
-        "org.pycom.authenticator",
-        "validate",
-        json!({"token": token}),
-    )
-    .expect("validate");
+    let v = validate(&d, json!({"token": token})).expect("validate");
     assert_eq!(v["name"], "carol");
     // A broken users file on reload keeps the running policy.
     std::fs::write(s.users(), "dave:$1$md5$nope\n").expect("users");

@@ -1508,14 +1508,7 @@ fn a_token_is_valid_on_every_node_and_outlives_the_leader() {
     }));
     let token = token.expect("a token");
     let valid_on = |cluster: &Cluster, id: u64| {
-        auth::call(
-            cluster.daemon(id),
-            None,
-            "org.pycom.authenticator",
-            "validate",
-            json!({"token": token}),
-        )
-        .is_ok_and(|v| v["name"] == "alice")
+        auth::validate(cluster.daemon(id), json!({"token": token})).is_ok_and(|v| v["name"] == "alice")
     };
     for id in cluster.ids() {
         assert!(

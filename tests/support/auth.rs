@@ -89,3 +89,8 @@ pub fn login(d: &Daemon, user: &str, password: &str) -> Result<String, Fault> {
     assert!(answer["expires_ms"].as_u64().is_some(), "{answer}");
     Ok(answer["token"].as_str().expect("token").to_string())
 }
+
+/// `validate` at pycomd's authenticator (no token of the caller's own).
+pub fn validate(d: &Daemon, args: Value) -> Result<Value, Fault> {
+    call(d, None, "org.pycom.authenticator", "validate", args)
+}
