@@ -4,6 +4,11 @@
 //! any ROUTER or REP server. Unlike PyCOM's REQ socket it never wedges: after
 //! a timeout the socket is thrown away and a fresh one is connected, so a
 //! late reply to an abandoned call can never be taken for the next call's.
+//!
+//! To a server with CURVE on (pycomd with `[security] curve = true`), a
+//! connection opened with the server's public key
+//! ([`Connection::open_encrypted`]) is encrypted, each socket with a client
+//! key pair of its own.
 
 use crate::auth::TokenSlot;
 use crate::error::{Error, Result};
@@ -31,25 +36,51 @@ pub struct Connection {
     timeout: Duration,
     /// The caller's token, sent with every request (see [`Connection::set_token`]).
     token: Option<TokenSlot>,
+    /// The server's CURVE public key (Z85), when the connection is encrypted.
+    server_key: Option<String>,
 }
 
 impl Connection {
     /// Connect to `endpoint` (ZeroMQ connects lazily: this fails only on a
     /// malformed endpoint, never because the peer is down).
     pub fn open(ctx: &zmq::Context, endpoint: &str) -> Result<Connection> {
-        let socket = connect(ctx, endpoint)?;
+        Connection::open_with(ctx, endpoint, None)
+    }
+
+    /// Connect to `endpoint`, a CURVE server whose public key is
+    /// `server_key` (40 Z85 characters, pycomd's `curve/server.public`).
+    /// [`Error::Data`] when the key is malformed or this build of libzmq
+    /// has no CURVE. A wrong key is no error: calls time out.
+    pub fn open_encrypted(ctx: &zmq::Context, endpoint: &str, server_key: &str) -> Result<Connection> {
+        let key = check_server_key(server_key)?;
+        Connection::open_with(ctx, endpoint, Some(key))
+    }
+
+    /// `server_key`: checked already ([`check_server_key`]).
+    pub(crate) fn open_with(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        server_key: Option<String>,
+    ) -> Result<Connection> {
+        let socket = connect(ctx, endpoint, server_key.as_deref())?;
         Ok(Connection {
             ctx: ctx.clone(),
             endpoint: endpoint.to_string(),
             socket,
             timeout: DEFAULT_TIMEOUT,
             token: None,
+            server_key,
         })
     }
 
     /// The endpoint this connection calls.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The server's CURVE public key, when this connection is encrypted.
+    pub fn server_key(&self) -> Option<&str> {
+        self.server_key.as_deref()
     }
 
     /// How long a call waits for its reply.
@@ -196,12 +227,36 @@ impl Connection {
 
     /// Replace the socket, dropping whatever the old one had queued.
     fn reset(&mut self) -> Result<()> {
-        self.socket = connect(&self.ctx, &self.endpoint)?;
+        self.socket = connect(&self.ctx, &self.endpoint, self.server_key.as_deref())?;
         Ok(())
     }
 }
 
-fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket> {
+/// The environment variable with the nameserver's CURVE public key
+/// ([`Context::from_env`](crate::Context::from_env), pycomctl).
+pub const SERVER_KEY_ENV: &str = "PYCOM_SERVER_KEY";
+
+/// The Z85 alphabet (ZeroMQ RFC 32).
+const Z85: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+
+/// `key` (surrounding blanks aside) if it is a CURVE public key in Z85 and
+/// this build of libzmq can use it; else [`Error::Data`] saying why.
+pub fn check_server_key(key: &str) -> Result<String> {
+    let key = key.trim();
+    if key.len() != 40 || !key.chars().all(|c| Z85.contains(c)) {
+        return Err(Error::Data(format!(
+            "the server key '{key}' is not a CURVE public key: expected 40 Z85 characters, as in pycomd's curve/server.public"
+        )));
+    }
+    if zmq::has("curve") != Some(true) {
+        return Err(Error::Data(format!(
+            "{SERVER_KEY_ENV} is set but this build of libzmq has no CURVE: build with `cargo build --release --config etc/system-libzmq.toml` (needs libzmq3-dev), or unset {SERVER_KEY_ENV}"
+        )));
+    }
+    Ok(key.to_string())
+}
+
+fn connect(ctx: &zmq::Context, endpoint: &str, server_key: Option<&str>) -> Result<zmq::Socket> {
     let transport = |source| Error::Transport {
         endpoint: endpoint.to_string(),
         source,
@@ -211,9 +266,63 @@ fn connect(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket> {
     socket.set_linger(0).map_err(transport)?;
     // Queue nothing for a peer that is not connected (see call_frames).
     socket.set_immediate(true).map_err(transport)?;
+    if let Some(server_key) = server_key {
+        // A key pair per socket: clients need no identity of their own.
+        let curve = |source| {
+            Error::Data(format!(
+                "cannot set up CURVE for {endpoint}: {source} (does this build of libzmq have CURVE?)"
+            ))
+        };
+        let pair = zmq::CurveKeyPair::new().map_err(curve)?;
+        socket.set_curve_serverkey(server_key.as_bytes()).map_err(curve)?;
+        socket.set_curve_publickey(&pair.public_key).map_err(curve)?;
+        socket.set_curve_secretkey(&pair.secret_key).map_err(curve)?;
+    }
     socket.connect(endpoint).map_err(|source| Error::Endpoint {
         endpoint: endpoint.to_string(),
         source,
     })?;
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+
+    #[test]
+    fn server_keys_are_checked() {
+        for bad in [
+            "",
+            "short",
+            &KEY[1..],
+            &format!("{}~", &KEY[1..]),
+            &format!("{KEY}0"),
+        ] {
+            let err = check_server_key(bad).unwrap_err().to_string();
+            assert!(err.contains("40 Z85 characters"), "{bad}: {err}");
+        }
+        match zmq::has("curve") {
+            Some(true) => assert_eq!(check_server_key(&format!(" {KEY}\n")).unwrap(), KEY),
+            _ => {
+                let err = check_server_key(KEY).unwrap_err().to_string();
+                assert!(err.contains("has no CURVE"), "{err}");
+                assert!(err.contains("etc/system-libzmq.toml"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_encrypted_connection_keeps_its_key_across_resets() {
+        if zmq::has("curve") != Some(true) {
+            return; // the vendored libzmq: nothing to encrypt with
+        }
+        let ctx = zmq::Context::new();
+        let mut conn = Connection::open_encrypted(&ctx, "tcp://127.0.0.1:1", KEY).unwrap();
+        assert_eq!(conn.server_key(), Some(KEY));
+        conn.set_timeout(Duration::from_millis(50));
+        assert!(conn.invoke("a.b", "c", Value::Null).unwrap_err().is_unreachable());
+        assert_eq!(conn.server_key(), Some(KEY));
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::auth::{self, Caller, Login, TokenSlot, Validation};
 use crate::component::Component;
-use crate::connection::Connection;
+use crate::connection::{Connection, SERVER_KEY_ENV};
 use crate::error::{Error, Result};
 use crate::locate::Locator;
 use crate::nameserver::{NameserverClient, ServiceInfo, DEFAULT_ENDPOINT};
@@ -41,6 +41,9 @@ struct Inner {
     pool: Mutex<Vec<(usize, Connection)>>,
     /// The caller's token, sent with every call.
     token: TokenSlot,
+    /// The nameservers' CURVE public key (Z85), checked: their connections
+    /// are encrypted.
+    server_key: Mutex<Option<String>>,
 }
 
 impl Context {
@@ -51,14 +54,24 @@ impl Context {
     }
 
     /// `PYCOM_NAMESERVER` (comma-separated), else `tcp://127.0.0.1:2012`;
-    /// with the token in `PYCOM_TOKEN`, if set, carried by every call.
+    /// with the token in `PYCOM_TOKEN`, if set, carried by every call, and
+    /// the nameserver's CURVE public key in `PYCOM_SERVER_KEY`, if set
+    /// ([`with_server_key`](Context::with_server_key)).
     pub fn from_env() -> Result<Context> {
-        let ctx = match std::env::var("PYCOM_NAMESERVER") {
+        let mut ctx = match std::env::var("PYCOM_NAMESERVER") {
             Ok(spec) if !spec.trim().is_empty() => Context::new(&spec)?,
             _ => Context::new(DEFAULT_ENDPOINT)?,
         };
         if let Ok(token) = std::env::var(TOKEN_ENV) {
             ctx.set_token(token.trim());
+        }
+        match std::env::var(SERVER_KEY_ENV) {
+            Ok(key) if !key.trim().is_empty() => ctx = ctx.with_server_key(&key)?,
+            Ok(_) => {}
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::Data(format!("{SERVER_KEY_ENV} is not valid UTF-8")));
+            }
         }
         Ok(ctx)
     }
@@ -83,8 +96,37 @@ impl Context {
                 preferred: AtomicUsize::new(0),
                 pool: Mutex::new(Vec::new()),
                 token: TokenSlot::default(),
+                server_key: Mutex::new(None),
             }),
         })
+    }
+
+    /// This context, talking to its nameservers (pycomd with `[security]
+    /// curve = true`) encrypted with CURVE: `key` is their public key, 40 Z85
+    /// characters (pycomd logs it at start and keeps it in
+    /// `<data_dir>/curve/server.public`). Only the nameserver endpoints'
+    /// connections are encrypted, each with a client key pair of its own;
+    /// services and the pub-sub forwarder are called in plaintext. Clones
+    /// share it.
+    ///
+    /// [`Error::Data`] when the key is malformed, or when this build of
+    /// libzmq has no CURVE (the default, vendored one: see the README). A
+    /// wrong key is no error: nameserver calls time out.
+    pub fn with_server_key(self, key: &str) -> Result<Context> {
+        let key = crate::connection::check_server_key(key)?;
+        *self.inner.server_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        // Idle connections made without it (or with another) go.
+        self.inner.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(self)
+    }
+
+    /// The nameservers' CURVE public key, when their connections are encrypted.
+    pub fn server_key(&self) -> Option<String> {
+        self.inner
+            .server_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The ZeroMQ context every socket made from this context shares.
@@ -159,9 +201,18 @@ impl Context {
     }
 
     /// A plain connection to `endpoint` that carries this context's token
-    /// (and has its default timeout), for calls outside a [`Component`].
+    /// (and has its default timeout), for calls outside a [`Component`];
+    /// encrypted when `endpoint` is one of the nameservers and the context
+    /// has their [`server_key`](Context::server_key).
     pub fn connection(&self, endpoint: &str) -> Result<Connection> {
-        let mut conn = Connection::open(&self.inner.zmq, endpoint)?;
+        let key = self
+            .inner
+            .nameservers
+            .iter()
+            .any(|ns| ns == endpoint)
+            .then(|| self.server_key())
+            .flatten();
+        let mut conn = Connection::open_with(&self.inner.zmq, endpoint, key)?;
         conn.set_timeout(self.default_timeout());
         conn.share_token(self.inner.token.clone());
         Ok(conn)
@@ -285,7 +336,10 @@ impl Context {
         };
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => Connection::open(&self.inner.zmq, &self.inner.nameservers[index])?,
+            // The one place nameserver connections are made.
+            None => {
+                Connection::open_with(&self.inner.zmq, &self.inner.nameservers[index], self.server_key())?
+            }
         };
         conn.set_timeout(self.default_timeout());
         conn.share_token(self.inner.token.clone());
@@ -293,6 +347,10 @@ impl Context {
     }
 
     fn return_connection(&self, index: usize, conn: Connection) {
+        // One opened before the server key was given is closed.
+        if conn.server_key().map(str::to_string) != self.server_key() {
+            return;
+        }
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         // Enough idle sockets for a few threads; the rest are closed.
         if pool.len() < 16 {

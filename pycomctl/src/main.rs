@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 5000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// The nameserver's CURVE public key (40 Z85 characters), for a pycomd
+    /// with `[security] curve = true`: its data dir's curve/server.public.
+    /// Needs a pycomctl built with etc/system-libzmq.toml
+    #[arg(long, global = true, env = "PYCOM_SERVER_KEY", value_name = "KEY")]
+    pub server_key: Option<String>,
     /// Output format: tables (or a call's plain result), or JSON
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub output: Option<Format>,

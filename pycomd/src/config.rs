@@ -72,6 +72,8 @@ pub struct Settings {
     pub pubsub: PubsubSettings,
     /// Access control (`[auth]`): off by default.
     pub auth: AuthSettings,
+    /// Encryption of the request endpoint (`[security]`): off by default.
+    pub security: SecuritySettings,
     /// Membership of a replicated cluster (`[cluster]`); none: a single
     /// node, as without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +262,17 @@ impl Default for AuthSettings {
     }
 }
 
+/// `[security]`: ZeroMQ CURVE on the request endpoint (README, "Access
+/// control"). Needs a pycomd built against a libzmq with CURVE
+/// (`etc/system-libzmq.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Encrypt and authenticate the request endpoint with CURVE: the server
+    /// key pair is kept in `<data_dir>/curve/`; clients need its public key.
+    pub curve: bool,
+}
+
 /// Settings a SIGHUP applies to the running pycomd; every other setting
 /// takes effect on restart.
 pub const LIVE: &[&str] = &[
@@ -301,6 +314,7 @@ impl Default for Settings {
             changes_retained_bytes: 64 * 1024 * 1024,
             pubsub: PubsubSettings::default(),
             auth: AuthSettings::default(),
+            security: SecuritySettings::default(),
             cluster: None,
         }
     }

@@ -29,6 +29,7 @@ pub mod notify;
 pub mod prober;
 pub mod pubsub;
 pub mod registry;
+pub mod security;
 pub mod server;
 pub mod signals;
 
@@ -64,6 +65,8 @@ pub enum Failure {
 pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     limits::raise_nofile();
     let started = Instant::now();
+    // Before the data dir is touched: a build without CURVE refuses here.
+    security::check(&settings).map_err(Failure::Start)?;
     let sync = !settings.unsafe_no_fsync;
     if !sync {
         tracing::warn!("unsafe_no_fsync is set: writes are acknowledged before they are durable, and a power cut loses them");
@@ -85,8 +88,10 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         Some(_) => None,
     };
 
+    // With the data dir locked (a single node's log is open).
+    let curve = security::server_keys(&settings).map_err(Failure::Start)?;
     let ctx = zmq::Context::new();
-    let router = bind_router(&ctx, &settings).map_err(Failure::Start)?;
+    let router = bind_router(&ctx, &settings, curve.as_ref()).map_err(Failure::Start)?;
     let address = router
         .get_last_endpoint()
         .ok()
@@ -174,7 +179,9 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     let (signal_handle, signal_thread) = signals::spawn(poster()?).map_err(Failure::Start)?;
 
     let auth = match policy {
-        Some(policy) => Some(start_auth(policy, &settings.listen, &mailbox).map_err(Failure::Start)?),
+        Some(policy) => {
+            Some(start_auth(policy, &settings.listen, curve.is_some(), &mailbox).map_err(Failure::Start)?)
+        }
         None => None,
     };
     let records = registry.state().len();
@@ -233,10 +240,12 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Access control's threads, and what the operator should know at start.
+/// Access control's threads, and what the operator should know at start;
+/// `encrypted`: the request endpoint has CURVE on.
 fn start_auth(
     policy: auth::Policy,
     listen: &str,
+    encrypted: bool,
     mailbox: &mailbox::Mailbox,
 ) -> Result<auth::methods::Auth, String> {
     let hasher = auth::hasher::Hasher::start(|| mailbox.poster())?;
@@ -247,10 +256,10 @@ fn start_auth(
         "ipc://",
         "inproc://",
     ];
-    if !loopback.iter().any(|p| listen.starts_with(p)) {
+    if !encrypted && !loopback.iter().any(|p| listen.starts_with(p)) {
         tracing::warn!(
             endpoint = listen,
-            "access control is on over a network endpoint without encryption: passwords and tokens travel in cleartext; keep pycomd on a trusted network or behind a WireGuard or SSH tunnel"
+            "access control is on over a network endpoint without encryption: passwords and tokens travel in cleartext; turn on [security] curve (README), or keep pycomd on a trusted network or behind a WireGuard or SSH tunnel"
         );
     }
     for line in policy.warnings() {
@@ -327,7 +336,11 @@ fn start_cluster(
     })
 }
 
-fn bind_router(ctx: &zmq::Context, settings: &Settings) -> Result<zmq::Socket, String> {
+fn bind_router(
+    ctx: &zmq::Context,
+    settings: &Settings,
+    curve: Option<&security::ServerKeys>,
+) -> Result<zmq::Socket, String> {
     let fail = |what: &str, e: zmq::Error| format!("cannot {what} the request socket: {e}");
     let router = ctx.socket(zmq::ROUTER).map_err(|e| fail("create", e))?;
     router
@@ -347,6 +360,10 @@ fn bind_router(ctx: &zmq::Context, settings: &Settings) -> Result<zmq::Socket, S
     router
         .set_maxmsgsize(settings.frame_hard_cap())
         .map_err(|e| fail("configure", e))?;
+    if let Some(keys) = curve {
+        keys.apply(&router)
+            .map_err(|e| format!("cannot turn on CURVE on the request socket: {e}"))?;
+    }
     router
         .bind(&settings.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

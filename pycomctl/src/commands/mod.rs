@@ -105,6 +105,15 @@ pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
     let endpoints = endpoint::parse_list(&cli.nameserver)
         .map_err(|why| Failure::Usage(format!("{nameserver_from} {why}")))?;
     let timeout = Duration::from_millis(cli.timeout);
+    // The nameservers' CURVE key (--server-key, PYCOM_SERVER_KEY): checked
+    // before anything is sent.
+    let server_key = cli
+        .server_key
+        .as_deref()
+        .filter(|key| !key.trim().is_empty())
+        .map(pycom_client::connection::check_server_key)
+        .transpose()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     // A plain connect first: where nothing listens, say so now rather than
     // after the timeout, and fail over past it without waiting.
     let probes = endpoint::probe_all(&endpoints, timeout);
@@ -125,7 +134,10 @@ pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
         return Err(Failure::NoNameserver { endpoints, why });
     }
     order.extend(dead.into_iter().map(|(e, _)| e));
-    let ctx = Context::with_nameservers(order)?;
+    let mut ctx = Context::with_nameservers(order)?;
+    if let Some(key) = &server_key {
+        ctx = ctx.with_server_key(key)?;
+    }
     ctx.set_default_timeout(timeout);
     // Every call carries the token: PYCOM_TOKEN's, else the saved one
     // (but a login, which gets a new one).
@@ -141,8 +153,19 @@ pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
         // Every call but the one to a service (call.rs maps that one)
         // goes to the nameserver.
         Failure::Client(e) if e.is_unreachable() => Failure::NoNameserver {
+            why: match (&e, &server_key) {
+                // CURVE refuses silently: a missing or wrong key is a timeout.
+                (pycom_client::Error::Timeout { .. }, Some(_)) => format!(
+                    "{}; is the server key pycomd's? (its data dir's curve/server.public)",
+                    unanswered(&e)
+                ),
+                (pycom_client::Error::Timeout { .. }, None) => format!(
+                    "{}; if pycomd has [security] curve on, give its key: --server-key or PYCOM_SERVER_KEY",
+                    unanswered(&e)
+                ),
+                _ => unanswered(&e),
+            },
             endpoints,
-            why: unanswered(&e),
         },
         // Refused without a token: say how to get one.
         Failure::Client(pycom_client::Error::AccessDenied(message))
