@@ -109,14 +109,17 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         revision: 0,
         owner: None,
     };
-    let pubsub = pubsub::start(&ctx, &settings).map_err(Failure::Start)?;
-    let events = match pubsub.running() {
-        Some(running) => Some(running.events(&ctx).map_err(Failure::Start)?),
-        None => None,
-    };
     let policy = match settings.auth.enabled {
         true => Some(auth::Policy::load(&settings.auth).map_err(Failure::Start)?),
         false => None,
+    };
+    // Logins as the forwarder's ZAP handler sees them (filled once the
+    // state is recovered, before pycomd serves).
+    let auth_view = policy.as_ref().map(auth::view::View::new);
+    let pubsub = pubsub::start(&settings, auth_view.clone()).map_err(Failure::Start)?;
+    let events = match pubsub.running() {
+        Some(running) => Some(running.events().map_err(Failure::Start)?),
+        None => None,
     };
     let mut own = vec![me];
     own.extend(pubsub.running().map(|p| p.record(&address)));
@@ -178,11 +181,15 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     registry.set_history_limits(settings.changes_retained, settings.changes_retained_bytes);
     let (signal_handle, signal_thread) = signals::spawn(poster()?).map_err(Failure::Start)?;
 
-    let auth = match policy {
-        Some(policy) => {
-            Some(start_auth(policy, &settings.listen, curve.is_some(), &mailbox).map_err(Failure::Start)?)
+    let auth = match (policy, auth_view) {
+        (Some(policy), Some(view)) => {
+            view.sync(registry.state().tokens());
+            Some(
+                start_auth(policy, view, &settings.listen, curve.is_some(), &mailbox)
+                    .map_err(Failure::Start)?,
+            )
         }
-        None => None,
+        _ => None,
     };
     let records = registry.state().len();
     let mut server = server::Server {
@@ -244,6 +251,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
 /// `encrypted`: the request endpoint has CURVE on.
 fn start_auth(
     policy: auth::Policy,
+    view: std::sync::Arc<auth::view::View>,
     listen: &str,
     encrypted: bool,
     mailbox: &mailbox::Mailbox,
@@ -273,6 +281,7 @@ fn start_auth(
     );
     Ok(auth::methods::Auth {
         policy,
+        view,
         hasher,
         throttle: Default::default(),
         stats: Default::default(),

@@ -693,6 +693,9 @@ impl Server {
                     );
                     self.registry.replace_state(state);
                     self.applied = last;
+                    if let Some(a) = &self.auth {
+                        a.view.sync(self.registry.state().tokens());
+                    }
                     let _ = ack.send(());
                 }
                 Event::LogStopped { failed_batches } => {
@@ -762,6 +765,9 @@ impl Server {
         });
         let (result, changes) = self.registry.apply(&command);
         self.applied = log_id;
+        if let Some(a) = &self.auth {
+            a.view.apply(&command, self.registry.state().tokens());
+        }
         let now = Instant::now();
         for change in &changes {
             let record = &change.record;
@@ -936,6 +942,7 @@ impl Server {
                 for line in policy.warnings() {
                     warn!("access control: {line}");
                 }
+                a.view.set_policy(&policy);
                 a.policy = policy;
                 if changed.is_empty() {
                     info!("reloaded access control: users and grants unchanged");

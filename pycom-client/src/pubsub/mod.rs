@@ -47,6 +47,55 @@ pub struct Forwarder {
     pub xpub: String,
     /// pycomd's request endpoint, which answers `org.pycom.pubsub` calls.
     pub address: String,
+    /// Peers must authenticate (pycomd's access control is on; metadata
+    /// `"auth": "plain"`): ZeroMQ PLAIN, user name `token` and the
+    /// context's token as password, or user name `anonymous`.
+    pub plain: bool,
+}
+
+/// The PLAIN user name that says "the password is a token".
+pub const PLAIN_TOKEN_USER: &str = "token";
+/// The PLAIN user name of a peer without a token.
+pub const PLAIN_ANONYMOUS_USER: &str = "anonymous";
+/// The forwarder record's metadata value under `auth` when peers must
+/// authenticate with PLAIN.
+pub const AUTH_PLAIN: &str = "plain";
+
+/// Where to connect and whether to authenticate: the forwarder's record
+/// says (`locate`), or, for an endpoint given by the caller, whether the
+/// context carries a token.
+fn forwarder_endpoint(
+    ctx: &Context,
+    given: Option<String>,
+    which: impl Fn(Forwarder) -> String,
+) -> Result<(String, bool)> {
+    match given {
+        Some(endpoint) => Ok((endpoint, ctx.token().is_some())),
+        None => {
+            let forwarder = locate_forwarder(ctx)?;
+            let plain = forwarder.plain;
+            Ok((which(forwarder), plain))
+        }
+    }
+}
+
+/// Make `socket` a PLAIN client (before it connects) when `plain`: with
+/// the context's token, or as `anonymous`.
+fn authenticate(socket: &zmq::Socket, ctx: &Context, plain: bool) -> zmq::Result<()> {
+    if !plain {
+        return Ok(());
+    }
+    match ctx.token().filter(|t| !t.is_empty()) {
+        Some(token) => {
+            socket.set_plain_username(Some(PLAIN_TOKEN_USER))?;
+            socket.set_plain_password(Some(&token))
+        }
+        None => {
+            // libzmq takes no empty password; pycomd ignores this one.
+            socket.set_plain_username(Some(PLAIN_ANONYMOUS_USER))?;
+            socket.set_plain_password(Some(PLAIN_ANONYMOUS_USER))
+        }
+    }
 }
 
 /// Ask the nameserver where the forwarder is.
@@ -84,6 +133,7 @@ pub fn locate_forwarder(ctx: &Context) -> Result<Forwarder> {
         xsub: endpoint("xsub")?,
         xpub: endpoint("xpub")?,
         address: info.address.clone(),
+        plain: info.metadata.get("auth").is_some_and(|a| a == AUTH_PLAIN),
     })
 }
 
@@ -116,6 +166,25 @@ fn tcp_host_port(endpoint: &str) -> Option<(&str, &str)> {
 
 fn is_wildcard(host: &str) -> bool {
     matches!(host, "*" | "0.0.0.0" | "[::]" | "::" | "[*]")
+}
+
+/// A wait for the forwarder that ran out, when the forwarder
+/// authenticates: say that a refused handshake looks the same.
+fn hint_refused(e: Error, plain: bool) -> Error {
+    match e {
+        Error::NotReady {
+            endpoint,
+            timeout_ms,
+            what,
+        } if plain => Error::NotReady {
+            endpoint,
+            timeout_ms,
+            what: format!(
+                "{what} (the forwarder authenticates its peers: a bad, expired or logged-out token is refused at the handshake)"
+            ),
+        },
+        other => other,
+    }
 }
 
 /// Milliseconds of a timeout, for error messages.

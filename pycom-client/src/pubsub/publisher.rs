@@ -8,7 +8,7 @@
 //! before then.
 
 use super::wire::{self, Header};
-use super::{locate_forwarder, millis, poll_ms, transport};
+use super::{authenticate, forwarder_endpoint, hint_refused, millis, poll_ms, transport};
 use crate::binary::{Binary, Limits};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -78,11 +78,9 @@ impl PublisherBuilder {
     /// from then on publications reach every ready subscriber.
     pub fn connect(self) -> Result<Publisher> {
         check_topic(&self.topic)?;
-        let endpoint = match self.endpoint {
-            Some(endpoint) => endpoint,
-            None => locate_forwarder(&self.ctx)?.xsub,
-        };
+        let (endpoint, plain) = forwarder_endpoint(&self.ctx, self.endpoint, |f| f.xsub)?;
         let socket = self.ctx.zmq().socket(zmq::XPUB).map_err(transport(&endpoint))?;
+        authenticate(&socket, &self.ctx, plain).map_err(transport(&endpoint))?;
         socket.set_sndhwm(self.sndhwm).map_err(transport(&endpoint))?;
         let linger = i32::try_from(self.linger.as_millis()).unwrap_or(i32::MAX);
         socket.set_linger(linger).map_err(transport(&endpoint))?;
@@ -91,7 +89,7 @@ impl PublisherBuilder {
             source,
         })?;
         let timeout = self.timeout.unwrap_or_else(|| self.ctx.default_timeout());
-        wait_for_subscription(&socket, &endpoint, timeout)?;
+        wait_for_subscription(&socket, &endpoint, timeout).map_err(|e| hint_refused(e, plain))?;
         tracing::debug!(%endpoint, topic = %self.topic, "publisher ready");
         Ok(Publisher {
             socket,

@@ -4,7 +4,7 @@
 //! seen, last values taken or skipped.
 
 use super::wire::{self, Header, Pattern};
-use super::{locate_forwarder, millis, poll_ms, transport};
+use super::{authenticate, forwarder_endpoint, hint_refused, millis, poll_ms, transport};
 use crate::binary::{Attachment, Limits};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -218,11 +218,9 @@ impl SubscriberBuilder {
             .iter()
             .map(|p| Pattern::parse(p).map_err(Error::Data))
             .collect::<Result<Vec<_>>>()?;
-        let endpoint = match self.endpoint {
-            Some(endpoint) => endpoint,
-            None => locate_forwarder(&self.ctx)?.xpub,
-        };
+        let (endpoint, plain) = forwarder_endpoint(&self.ctx, self.endpoint, |f| f.xpub)?;
         let socket = self.ctx.zmq().socket(zmq::SUB).map_err(transport(&endpoint))?;
+        authenticate(&socket, &self.ctx, plain).map_err(transport(&endpoint))?;
         socket.set_rcvhwm(self.rcvhwm).map_err(transport(&endpoint))?;
         // Nothing is ever sent but subscriptions: nothing worth lingering for.
         socket.set_linger(0).map_err(transport(&endpoint))?;
@@ -252,7 +250,9 @@ impl SubscriberBuilder {
             limits: self.limits,
         };
         let timeout = self.timeout.unwrap_or_else(|| self.ctx.default_timeout());
-        subscriber.wait_ready(timeout)?;
+        subscriber
+            .wait_ready(timeout)
+            .map_err(|e| hint_refused(e, plain))?;
         tracing::debug!(endpoint = %subscriber.endpoint, "subscriber ready");
         Ok(subscriber)
     }

@@ -32,6 +32,8 @@ pub struct AuthStats {
 /// The server's part of access control (present only when it is on).
 pub struct Auth {
     pub policy: Policy,
+    /// The policy and logins as the pub-sub forwarder sees them.
+    pub view: std::sync::Arc<super::view::View>,
     pub hasher: super::hasher::Hasher,
     pub throttle: Throttle,
     pub stats: AuthStats,

@@ -15,6 +15,7 @@ pub mod hasher;
 pub mod methods;
 pub mod policy;
 pub mod throttle;
+pub mod view;
 
 use crate::registry::tokens::Digest;
 use crate::registry::State;

@@ -7,7 +7,7 @@ use crate::config::AuthSettings;
 use crate::registry::RESERVED_PREFIX;
 use pycom_client::auth::PasswordFile;
 use pycom_client::proto::Fault;
-use pycom_client::pubsub::wire::Pattern;
+use pycom_client::pubsub::wire::{self, Pattern};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -214,6 +214,34 @@ impl Policy {
         }
     }
 
+    /// What a pub-sub peer authenticated as `user` (`""`: anonymous) may
+    /// publish and subscribe to; the forwarder keeps it per user until the
+    /// policy changes.
+    pub fn pubsub_grants(&self, user: &str) -> PubsubGrants {
+        let mut grants = PubsubGrants::default();
+        let roles = if user.is_empty() {
+            grants.subscribe_all = self.anonymous_subscribe;
+            grants.events = self.anonymous_read || self.anonymous_subscribe;
+            vec![ANONYMOUS.to_string()]
+        } else {
+            let Some(roles) = self.roles_of(user) else {
+                return grants;
+            };
+            if roles.iter().any(|r| r == ADMIN) {
+                grants.publish_all = true;
+                grants.subscribe_all = true;
+            }
+            // Whoever logged in may read the registry.
+            grants.events = true;
+            roles
+        };
+        for r in roles.iter().filter_map(|r| self.rules.get(r)) {
+            grants.publish.extend(r.publish.iter().cloned());
+            grants.subscribe.extend(r.subscribe.iter().cloned());
+        }
+        grants
+    }
+
     /// What `check` reports: the policy, and what `user` may do.
     pub fn summary(&self, user: Option<&str>) -> serde_json::Value {
         let grants: BTreeMap<&str, serde_json::Value> = self
@@ -235,7 +263,7 @@ impl Policy {
             "grants": grants,
             "anonymous": {"read": self.anonymous_read, "subscribe": self.anonymous_subscribe},
             "token_ttl_s": self.token_ttl.as_secs(),
-            "not_enforced": not_enforced(self),
+            "warnings": grant_warnings(self),
         });
         if let Some(user) = user {
             let roles = self.roles_of(user).unwrap_or_default();
@@ -258,9 +286,10 @@ impl Policy {
         summary
     }
 
-    /// Lines for the log at start and reload: what is not enforced.
+    /// Lines for the log at start and reload: grants that cannot do what
+    /// they seem to.
     pub fn warnings(&self) -> Vec<String> {
-        not_enforced(self)
+        grant_warnings(self)
     }
 
     /// What changed from `old`, for SIGHUP's log line.
@@ -302,6 +331,74 @@ impl Policy {
     }
 }
 
+/// One pub-sub peer's grants, resolved from the policy.
+#[derive(Debug, Clone, Default)]
+pub struct PubsubGrants {
+    /// `admin`: every topic (but `org.pycom.`, which is pycomd's anyway).
+    pub publish_all: bool,
+    /// `admin`, or anonymous with `auth.anonymous` containing `subscribe`.
+    pub subscribe_all: bool,
+    pub publish: Vec<Pattern>,
+    pub subscribe: Vec<Pattern>,
+    /// The registry's change events (`org.pycom.nameserver.events.`): for
+    /// whoever may read the registry.
+    pub events: bool,
+}
+
+impl PubsubGrants {
+    /// May this peer publish on `topic` (a valid topic)?
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish_all || self.publish.iter().any(|p| p.matches(topic))
+    }
+
+    /// May this peer have the ZeroMQ subscription `prefix` (bytes: every
+    /// topic that starts with them is delivered)? Only if every topic
+    /// it lets through is granted; see [`prefix_within`].
+    pub fn may_subscribe(&self, prefix: &[u8]) -> bool {
+        if self.subscribe_all {
+            return true;
+        }
+        if self.events && prefix.starts_with(wire::EVENTS_PREFIX.as_bytes()) {
+            return true;
+        }
+        let Ok(prefix) = std::str::from_utf8(prefix) else {
+            return false;
+        };
+        self.subscribe.iter().any(|g| prefix_within(prefix, g))
+    }
+}
+
+/// Whether every valid topic that starts with `prefix` matches `grant`:
+/// the rule that lets a per-connection byte-prefix filter (what ZeroMQ
+/// has) enforce a NATS-style grant without ever letting more through.
+///
+/// The grant must end with `>` (`t1.….tk.>`: a grant with no trailing `>`
+/// names a bounded set of topics, but a prefix always admits longer ones:
+/// `a.b.c` also lets `a.b.cd` and `a.b.c.d` through, so such grants allow
+/// no subscription). The prefix must then contain at least `k` dots, its
+/// first `k` dot-ended fields matching `t1`…`tk` (a literal equal, `*` any
+/// non-empty field). Every topic `T` starting with the prefix then has
+/// exactly those first `k` tokens, and, topics having no empty token, at
+/// least one more: `T` matches the grant. So `demo.a.>` allows `demo.a.`
+/// and `demo.a.x` (a client's prefix for `demo.a.>`, `demo.a.x`,
+/// `demo.a.x.*`), never `demo.` or `demo.a` (which would let `demo.b.x` or
+/// `demo.ab` through).
+pub fn prefix_within(prefix: &str, grant: &Pattern) -> bool {
+    let tokens: Vec<&str> = grant.as_str().split('.').collect();
+    let Some((&">", fixed)) = tokens.split_last() else {
+        return false;
+    };
+    let fields: Vec<&str> = prefix.splitn(fixed.len() + 1, '.').collect();
+    // k + 1 pieces: the prefix has at least k dots.
+    if fields.len() != fixed.len() + 1 {
+        return false;
+    }
+    fixed
+        .iter()
+        .zip(&fields)
+        .all(|(t, f)| !f.is_empty() && (*t == "*" || t == f))
+}
+
 fn rules_json(r: &Rules) -> serde_json::Value {
     let patterns = |ps: &[Pattern]| ps.iter().map(|p| p.as_str().to_string()).collect::<Vec<_>>();
     serde_json::json!({
@@ -312,20 +409,17 @@ fn rules_json(r: &Rules) -> serde_json::Value {
     })
 }
 
-/// Publish and subscribe grants, and `anonymous = ["subscribe"]`, are
-/// checked but not enforced: the forwarder does not authenticate its
-/// connections (see the README's access control section).
-fn not_enforced(policy: &Policy) -> Vec<String> {
+/// What the operator should know about grants that cannot do what they
+/// seem to: a `subscribe` grant without a trailing `>` allows no
+/// subscription (ZeroMQ filters by prefix: see [`prefix_within`]).
+fn grant_warnings(policy: &Policy) -> Vec<String> {
     let mut lines = Vec::new();
     for (role, r) in &policy.rules {
-        if !r.publish.is_empty() || !r.subscribe.is_empty() {
+        for g in r.subscribe.iter().filter(|g| !g.as_str().ends_with('>')) {
             lines.push(format!(
-                "role {role}: publish and subscribe grants are not enforced: pub-sub connections are not authenticated, anyone who reaches the forwarder may publish and subscribe"
+                "role {role}: subscribe grant '{g}' allows no subscription: pub-sub filters by topic prefix, so a subscribe grant must end with '>' (write '{g}.>', or a pattern ending in '>' that covers it)"
             ));
         }
-    }
-    if !policy.anonymous_subscribe {
-        lines.push("auth.anonymous without 'subscribe' is not enforced: the forwarder does not authenticate subscribers".into());
     }
     lines
 }
@@ -439,5 +533,60 @@ mod tests {
         assert!(e.contains("pycomd's own"), "{e}");
         let e = Policy::load(&with(grant("anonymous", &[], &["a.>.b"]))).unwrap_err();
         assert!(e.contains("call: pattern 'a.>.b'"), "{e}");
+    }
+
+    #[test]
+    fn a_subscription_prefix_is_allowed_only_if_the_grant_covers_every_topic_it_lets_through() {
+        let within =
+            |prefix: &str, grant: &str| prefix_within(prefix, &Pattern::parse(grant).expect("pattern"));
+        for (prefix, grant) in [
+            ("demo.a.", "demo.a.>"),
+            ("demo.a.x", "demo.a.>"),
+            ("demo.a.x.y.", "demo.a.>"),
+            ("demo.b.x", "demo.*.>"),
+            ("", ">"),
+            ("anything", ">"),
+        ] {
+            assert!(within(prefix, grant), "{prefix} within {grant}");
+        }
+        for (prefix, grant) in [
+            // would let demo.b.x through
+            ("demo.", "demo.a.>"),
+            // would let demo.ab through
+            ("demo.a", "demo.a.>"),
+            ("", "demo.>"),
+            // no trailing '>': demo.a.xy, demo.a.x.y would pass
+            ("demo.a.x", "demo.a.x"),
+            ("demo.a.", "demo.*.x"),
+            ("demo..", "demo.*.>"),
+            ("other.a.", "demo.a.>"),
+        ] {
+            assert!(!within(prefix, grant), "{prefix} not within {grant}");
+        }
+    }
+
+    #[test]
+    fn pubsub_grants_follow_roles_admin_and_anonymous() {
+        let mut g = grant("billing", &[], &[]);
+        g.publish = vec!["billing.>".into()];
+        g.subscribe = vec!["billing.out.>".into()];
+        let mut a = grant("anonymous", &[], &[]);
+        a.publish = vec!["public.>".into()];
+        let p = policy(vec![g, a]);
+        let alice = p.pubsub_grants("alice");
+        assert!(alice.may_publish("billing.x") && !alice.may_publish("other.x"));
+        assert!(alice.may_subscribe(b"billing.out.") && !alice.may_subscribe(b"billing."));
+        assert!(alice.may_subscribe(b"org.pycom.nameserver.events."));
+        let root = p.pubsub_grants("root");
+        assert!(root.may_publish("any.thing") && root.may_subscribe(b""));
+        let bob = p.pubsub_grants("bob");
+        assert!(!bob.may_publish("billing.x") && !bob.may_subscribe(b"billing.out."));
+        let gone = p.pubsub_grants("mallory");
+        assert!(!gone.may_subscribe(b"org.pycom.nameserver.events."));
+        let anonymous = p.pubsub_grants("");
+        assert!(anonymous.may_publish("public.x") && !anonymous.may_publish("billing.x"));
+        // The default auth.anonymous is ["read"]: events, nothing else.
+        assert!(anonymous.may_subscribe(b"org.pycom.nameserver.events."));
+        assert!(!anonymous.may_subscribe(b"public."));
     }
 }

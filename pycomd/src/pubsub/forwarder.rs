@@ -6,10 +6,23 @@
 //! every publication is checked (frames, size, topic, header) before it is
 //! forwarded or cached. Publications of pycomd's own (registry events)
 //! come from the server thread on an inproc socket, already made.
+//!
+//! With access control on, the forwarder also answers ZAP requests (the
+//! PLAIN handshake of every connection: [`Zap`]), drops publications that
+//! their publisher's `publish` grants do not cover, and applies a
+//! subscription (XPUB_MANUAL) only if its subscriber's `subscribe` grants
+//! cover every topic it lets through
+//! ([`crate::auth::policy::prefix_within`]). Each message carries the
+//! user id the ZAP handler gave its connection (`User-Id`; `""`:
+//! anonymous).
 
 use super::lvc::Lvc;
+use crate::auth::policy::PubsubGrants;
+use crate::auth::view::View;
+use crate::auth::Policy;
 use pycom_client::pubsub::wire::{self, topic_problem};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,6 +32,10 @@ use tracing::{debug, warn};
 const BURST: usize = 1024;
 /// Most frames a publication may have (topic, header, body, attachments).
 pub const MAX_FRAMES: usize = 67;
+/// Users whose grants are kept resolved, at most (then forgotten at once).
+const MAX_CACHED_USERS: usize = 4096;
+/// The ZAP metadata property naming a connection's user.
+const USER_ID: &str = "User-Id";
 
 /// What the forwarder and the server share: counters, the cache, a limit.
 pub struct Shared {
@@ -62,6 +79,12 @@ pub struct Counters {
     pub dropped_malformed: AtomicU64,
     /// Messages on XPUB that were no subscription.
     pub dropped_upstream: AtomicU64,
+    /// Publications their publisher had no `publish` grant for.
+    pub dropped_denied: AtomicU64,
+    /// Subscriptions not applied: no `subscribe` grant covers them.
+    pub subscriptions_denied: AtomicU64,
+    /// Connections refused at the handshake (bad or expired token).
+    pub connections_refused: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -94,18 +117,69 @@ pub struct Forwarder {
     pub frames: Vec<zmq::Message>,
     /// When a dropped publication was last logged.
     pub drops_logged: Option<Instant>,
+    /// Access control, when it is on.
+    pub zap: Option<Zap>,
+    /// Grants resolved per user.
+    pub grants: GrantCache,
+    /// The user id of the message being handled, reused.
+    pub user: String,
+}
+
+/// The ZAP handler (ZeroMQ RFC 27): a REP socket bound to
+/// `inproc://zeromq.zap.01` in the forwarder's context, asked by libzmq
+/// during every connection's PLAIN handshake.
+pub struct Zap {
+    pub socket: zmq::Socket,
+    pub view: Arc<View>,
+}
+
+/// Each user's pub-sub grants, resolved once per policy.
+#[derive(Default)]
+pub struct GrantCache {
+    policy: Option<Arc<Policy>>,
+    by_user: HashMap<String, PubsubGrants>,
+    none: PubsubGrants,
+}
+
+impl GrantCache {
+    /// Follow a reload of the policy.
+    fn refresh(&mut self, view: &View) {
+        let policy = view.policy();
+        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
+            self.by_user.clear();
+            self.policy = Some(policy);
+        }
+    }
+
+    fn of(&mut self, user: &str) -> &PubsubGrants {
+        let Some(policy) = &self.policy else {
+            return &self.none;
+        };
+        if !self.by_user.contains_key(user) {
+            if self.by_user.len() >= MAX_CACHED_USERS {
+                self.by_user.clear();
+            }
+            self.by_user.insert(user.to_string(), policy.pubsub_grants(user));
+        }
+        self.by_user.get(user).unwrap_or(&self.none)
+    }
 }
 
 impl Forwarder {
     pub fn run(mut self) {
         loop {
-            let (publications, subscriptions, own) = {
+            let (publications, subscriptions, own, zap) = {
                 let mut items = [
                     self.xsub.as_poll_item(zmq::POLLIN),
                     self.xpub.as_poll_item(zmq::POLLIN),
                     self.own.as_poll_item(zmq::POLLIN),
+                    match &self.zap {
+                        Some(zap) => zap.socket.as_poll_item(zmq::POLLIN),
+                        None => self.own.as_poll_item(zmq::PollEvents::empty()),
+                    },
                 ];
-                match zmq::poll(&mut items, -1) {
+                let polled = if self.zap.is_some() { 4 } else { 3 };
+                match zmq::poll(&mut items[..polled], -1) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
@@ -118,8 +192,12 @@ impl Forwarder {
                     items[0].is_readable(),
                     items[1].is_readable(),
                     items[2].is_readable(),
+                    polled > 3 && items[3].is_readable(),
                 )
             };
+            if zap {
+                self.answer_zap();
+            }
             if own && !self.forward_own() {
                 return;
             }
@@ -165,6 +243,9 @@ impl Forwarder {
     }
 
     fn forward_publications(&mut self) {
+        if let Some(zap) = &self.zap {
+            self.grants.refresh(&zap.view);
+        }
         for _ in 0..BURST {
             let Some((count, bytes)) = self.receive(Which::Xsub) else {
                 return;
@@ -175,6 +256,16 @@ impl Forwarder {
                 self.log_drop(&why);
                 continue;
             }
+            if self.zap.is_some() && !self.may_publish() {
+                add(&self.shared.counters.dropped_denied, 1);
+                let topic = String::from_utf8_lossy(&self.frames[0]).into_owned();
+                let why = match self.user.as_str() {
+                    "" => format!("a publication on '{topic}' from an anonymous publisher was dropped: no [[auth.grant]] of role 'anonymous' may publish it"),
+                    user => format!("a publication on '{topic}' from {user} was dropped: no publish grant of its roles covers it"),
+                };
+                self.log_drop(&why);
+                continue;
+            }
             add(&self.shared.counters.messages_in, 1);
             add(&self.shared.counters.bytes_in, bytes as u64);
             let topic = std::str::from_utf8(&self.frames[0]).unwrap_or_default();
@@ -182,6 +273,47 @@ impl Forwarder {
                 .lvc()
                 .put(topic, self.frames[1..].iter().map(|m| &m[..]));
             self.send_frames();
+        }
+    }
+
+    /// Whether the publisher of the (checked) publication in `self.frames`
+    /// may publish on its topic; `self.user` becomes its user id.
+    fn may_publish(&mut self) -> bool {
+        let user = self.frames[0].gets(USER_ID).unwrap_or_default();
+        self.user.clear();
+        self.user.push_str(user);
+        let topic = std::str::from_utf8(&self.frames[0]).unwrap_or_default();
+        self.grants.of(&self.user).may_publish(topic)
+    }
+
+    /// Answer the ZAP requests waiting: a token's user, `anonymous`, or
+    /// refused.
+    fn answer_zap(&mut self) {
+        for _ in 0..BURST {
+            let Some(zap) = &self.zap else {
+                return;
+            };
+            let Ok(request) = zap.socket.recv_multipart(zmq::DONTWAIT) else {
+                return;
+            };
+            let verdict = zap_verdict(&zap.view, &request, crate::auth::unix_ms());
+            let id = request.get(1).map_or(&[][..], Vec::as_slice);
+            let (status, text, user): (&[u8], String, &[u8]) = match &verdict {
+                Ok(user) => (b"200", "OK".into(), user.as_bytes()),
+                Err((status, why)) => (status.as_bytes(), why.clone(), b""),
+            };
+            let reply: [&[u8]; 6] = [b"1.0", id, status, text.as_bytes(), user, b""];
+            if let Err(e) = zap.socket.send_multipart(reply, 0) {
+                warn!("pub-sub: cannot answer a ZAP request: {e}");
+            }
+            if let Err((_, why)) = verdict {
+                add(&self.shared.counters.connections_refused, 1);
+                let address = request
+                    .get(3)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .unwrap_or_default();
+                self.log_drop(&format!("a connection from {address} was refused: {why}"));
+            }
         }
     }
 
@@ -294,10 +426,19 @@ impl Forwarder {
     }
 
     fn handle_subscriptions(&mut self) {
+        let manual = self.zap.is_some();
+        if let Some(zap) = &self.zap {
+            self.grants.refresh(&zap.view);
+        }
         for _ in 0..BURST {
             let Some((count, _)) = self.receive(Which::Xpub) else {
                 return;
             };
+            if manual {
+                let user = self.frames[0].gets(USER_ID).unwrap_or_default();
+                self.user.clear();
+                self.user.push_str(user);
+            }
             let counters = &self.shared.counters;
             let frame = &self.frames[0];
             let subscribe = match frame.first() {
@@ -310,14 +451,40 @@ impl Forwarder {
             };
             if !subscribe {
                 counters.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                if manual {
+                    // Off the subscriber's connection (a no-op if it was
+                    // never applied, or the connection is gone).
+                    let _ = self.xpub.set_unsubscribe(&frame[1..]);
+                }
                 continue;
             }
             counters.subscriptions.fetch_add(1, Ordering::Relaxed);
             add(&counters.subscribe_messages, 1);
+            let ready = frame[1..].starts_with(wire::READY_PREFIX.as_bytes())
+                && frame.len() > 1 + wire::READY_PREFIX.len();
+            if manual {
+                // A readiness topic is answered by pycomd alone, with nothing.
+                if !ready && !self.grants.of(&self.user).may_subscribe(&frame[1..]) {
+                    add(&counters.subscriptions_denied, 1);
+                    let prefix = String::from_utf8_lossy(&frame[1..]).into_owned();
+                    let why = match self.user.as_str() {
+                        "" => format!("an anonymous subscription to '{prefix}' was not applied: auth.anonymous has no 'subscribe' and no subscribe grant of role 'anonymous' covers every topic it lets through"),
+                        user => format!("{user}'s subscription to '{prefix}' was not applied: no subscribe grant of its roles covers every topic it lets through"),
+                    };
+                    self.log_drop(&why);
+                    continue;
+                }
+                // To the connection the subscription came from (the last
+                // one received from).
+                if let Err(e) = self.xpub.set_subscribe(&frame[1..]) {
+                    debug!("pub-sub forwarder: cannot apply a subscription: {e}");
+                    continue;
+                }
+            }
             let Ok(prefix) = std::str::from_utf8(&frame[1..]).map(str::to_string) else {
                 continue;
             };
-            if prefix.starts_with(wire::READY_PREFIX) && prefix.len() > wire::READY_PREFIX.len() {
+            if ready {
                 let header = wire::Header {
                     src: self.src.clone(),
                     seq: 1,
@@ -384,6 +551,26 @@ enum Drop {
     Oversize,
     Malformed,
     Reserved,
+}
+
+/// A ZAP request's answer: the user id, or (status code, why not).
+/// Frames: version, request id, domain, address, identity, mechanism,
+/// then PLAIN's user name and password.
+fn zap_verdict(view: &View, request: &[Vec<u8>], now_ms: u64) -> Result<String, (&'static str, String)> {
+    if request.len() < 6 || request[0] != b"1.0" {
+        return Err(("500", "malformed ZAP request".into()));
+    }
+    if request[5] != b"PLAIN" || request.len() != 8 {
+        return Err((
+            "400",
+            format!(
+                "mechanism {} (pycomd's forwarder takes PLAIN: user name 'token' and a token as password, or 'anonymous')",
+                String::from_utf8_lossy(&request[5])
+            ),
+        ));
+    }
+    view.authenticate(&request[6], &request[7], now_ms)
+        .map_err(|why| ("400", why))
 }
 
 fn counter_of(counters: &Counters, drop: Drop) -> &AtomicU64 {

@@ -33,6 +33,14 @@ pub struct PubsubStat {
     pub dropped_oversize: u64,
     pub dropped_malformed: u64,
     pub dropped_upstream: u64,
+    /// Peers authenticate and grants are enforced (access control is on).
+    pub authenticated: bool,
+    /// Publications their publisher had no `publish` grant for.
+    pub dropped_denied: u64,
+    /// Subscriptions not applied: no `subscribe` grant covers them.
+    pub subscriptions_denied: u64,
+    /// Connections refused at the handshake (bad or expired token).
+    pub connections_refused: u64,
 }
 
 impl Pubsub {
@@ -61,6 +69,10 @@ impl Pubsub {
             dropped_oversize: load(&c.dropped_oversize),
             dropped_malformed: load(&c.dropped_malformed),
             dropped_upstream: load(&c.dropped_upstream),
+            authenticated: self.authenticated,
+            dropped_denied: load(&c.dropped_denied),
+            subscriptions_denied: load(&c.subscriptions_denied),
+            connections_refused: load(&c.connections_refused),
         }
     }
 }

@@ -6,15 +6,27 @@
 //! The forwarder is listed as service `/org/pycom/pubsub` with its two
 //! endpoints in the record's metadata, so a client that knows only the
 //! nameserver finds it with `locate org.pycom.pubsub`.
+//!
+//! With access control on, both endpoints are ZeroMQ PLAIN servers: a
+//! peer's user name is `token` and its password a token from pycomd's
+//! authenticator, or its user name is `anonymous`. The forwarder's ZAP
+//! handler ([`forwarder::Forwarder`], on its own ZeroMQ context) checks
+//! them, and the forwarder then checks every publication against its
+//! publisher's `publish` grants and every subscription against its
+//! subscriber's `subscribe` grants (XPUB_MANUAL: a subscription is applied
+//! to the subscriber's connection only if allowed). The record's metadata
+//! says `"auth": "plain"` so that clients know to authenticate.
 
 pub mod forwarder;
 pub mod lvc;
 pub mod methods;
 
+use crate::auth::view::View;
 use crate::config::Settings;
 use crate::registry::{Change, ChangeKind, Record};
 use forwarder::{Counters, Forwarder, Shared};
 use pycom_client::pubsub::wire::{self, Header};
+use pycom_client::pubsub::AUTH_PLAIN;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,11 +39,21 @@ const OWN_QUEUE: i32 = 200_000;
 /// How long publications still queued at exit may take to leave.
 const LINGER_MS: i32 = 1000;
 
+/// ZAP (ZeroMQ RFC 27) requests come here, on the forwarder's context.
+const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+/// The ZAP domain of the forwarder's endpoints.
+const ZAP_DOMAIN: &str = "pycom";
+
 /// The running forwarder, as pycomd's other parts see it.
 pub struct Pubsub {
     pub shared: Arc<Shared>,
     pub xsub: String,
     pub xpub: String,
+    /// Peers authenticate (access control is on).
+    pub authenticated: bool,
+    /// The forwarder's own context: its ZAP handler answers only its
+    /// sockets, not the request endpoint's or the prober's.
+    ctx: zmq::Context,
     stop: zmq::Socket,
     thread: JoinHandle<()>,
 }
@@ -54,16 +76,39 @@ impl Started {
 /// Bind the forwarder's endpoints and start its thread. A configured
 /// endpoint that cannot be bound is an error; the default one a warning
 /// (pycomd runs without pub-sub: another pycomd on the host has it).
-pub fn start(ctx: &zmq::Context, settings: &Settings) -> Result<Started, String> {
+///
+/// `auth`: access control is on; peers then authenticate and the grants
+/// are enforced.
+pub fn start(settings: &Settings, auth: Option<Arc<View>>) -> Result<Started, String> {
     let ps = &settings.pubsub;
     if !ps.enabled {
         return Ok(Started::Off("disabled by pubsub.enabled = false".into()));
     }
+    let context = zmq::Context::new();
+    let ctx = &context;
+    // Bound before the endpoints, so that no connection finds it missing.
+    let zap = match &auth {
+        Some(view) => Some(forwarder::Zap {
+            socket: zap_socket(ctx)?,
+            view: view.clone(),
+        }),
+        None => None,
+    };
     let xsub = socket(ctx, zmq::XSUB, settings)?;
     let mut xpub = socket(ctx, zmq::XPUB, settings)?;
     xpub.set_xpub_verbose(true)
         .map_err(|e| format!("pub-sub: cannot configure XPUB: {e}"))?;
-    set_xpub_verboser(&mut xpub)?;
+    set_xpub_option(&mut xpub, zmq_sys::ZMQ_XPUB_VERBOSER, "ZMQ_XPUB_VERBOSER")?;
+    if zap.is_some() {
+        for socket in [&xsub, &xpub] {
+            socket
+                .set_plain_server(true)
+                .and_then(|()| socket.set_zap_domain(ZAP_DOMAIN))
+                .map_err(|e| format!("pub-sub: cannot make the endpoints PLAIN servers: {e}"))?;
+        }
+        // Each subscription is applied by the forwarder, if allowed.
+        set_xpub_option(&mut xpub, zmq_sys::ZMQ_XPUB_MANUAL, "ZMQ_XPUB_MANUAL")?;
+    }
     let mut bound = Vec::new();
     for (socket, name, configured, default) in [
         (&xsub, "pubsub.xsub", &ps.xsub, wire::DEFAULT_XSUB),
@@ -112,17 +157,23 @@ pub fn start(ctx: &zmq::Context, settings: &Settings) -> Result<Started, String>
         src: new_src(),
         frames: Vec::new(),
         drops_logged: None,
+        zap,
+        grants: forwarder::GrantCache::default(),
+        user: String::new(),
     };
     let thread = std::thread::Builder::new()
         .name("pubsub".into())
         .spawn(move || forwarder.run())
         .map_err(|e| format!("pub-sub: cannot start the forwarder's thread: {e}"))?;
     let (xsub, xpub) = (bound[0].clone(), bound[1].clone());
-    info!(%xsub, %xpub, "pub-sub forwarder running");
+    let authenticated = auth.is_some();
+    info!(%xsub, %xpub, authenticated, "pub-sub forwarder running");
     Ok(Started::Running(Pubsub {
         shared,
         xsub,
         xpub,
+        authenticated,
+        ctx: context,
         stop,
         thread,
     }))
@@ -139,7 +190,12 @@ impl Pubsub {
                 ("xsub".to_string(), self.xsub.clone()),
                 ("xpub".to_string(), self.xpub.clone()),
             ]
-            .into(),
+            .into_iter()
+            .chain(
+                self.authenticated
+                    .then(|| ("auth".to_string(), AUTH_PLAIN.to_string())),
+            )
+            .collect(),
             ttl_ms: None,
             revision: 0,
             owner: None,
@@ -147,9 +203,9 @@ impl Pubsub {
     }
 
     /// A sender of registry events, for the server thread.
-    pub fn events(&self, ctx: &zmq::Context) -> Result<Events, String> {
+    pub fn events(&self) -> Result<Events, String> {
         Ok(Events {
-            socket: push(ctx)?,
+            socket: push(&self.ctx)?,
             src: new_src(),
             seqs: [0; 5],
             shared: self.shared.clone(),
@@ -250,22 +306,34 @@ fn new_src() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+fn zap_socket(ctx: &zmq::Context) -> Result<zmq::Socket, String> {
+    let socket = ctx
+        .socket(zmq::REP)
+        .map_err(|e| format!("pub-sub: cannot create the ZAP handler's socket: {e}"))?;
+    socket
+        .bind(ZAP_ENDPOINT)
+        .map_err(|e| format!("pub-sub: cannot bind the ZAP handler: {e}"))?;
+    Ok(socket)
+}
+
+/// Turn on an XPUB option the zmq crate has no setter for:
 /// ZMQ_XPUB_VERBOSER (unsubscriptions passed up too, so `stat` can count
-/// the subscriptions in place); the zmq crate has no setter for it.
-fn set_xpub_verboser(socket: &mut zmq::Socket) -> Result<(), String> {
+/// the subscriptions in place), ZMQ_XPUB_MANUAL (the forwarder applies
+/// each subscription itself, when access control is on).
+fn set_xpub_option(socket: &mut zmq::Socket, option: u32, name: &str) -> Result<(), String> {
     let on: libc::c_int = 1;
     // SAFETY: a valid socket, an int option, its size.
     let rc = unsafe {
         zmq_sys::zmq_setsockopt(
             socket.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_VERBOSER as libc::c_int,
+            option as libc::c_int,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>(),
         )
     };
     if rc != 0 {
         return Err(format!(
-            "pub-sub: cannot set ZMQ_XPUB_VERBOSER: {}",
+            "pub-sub: cannot set {name}: {}",
             zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() })
         ));
     }
