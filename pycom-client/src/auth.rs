@@ -51,6 +51,12 @@ impl Caller {
 /// Errors (code 4 for the caller) name what is wrong: not a string, or
 /// longer than [`MAX_TOKEN_BYTES`].
 pub fn token_in_raw(extensions: Option<&RawValue>) -> Result<Option<String>, String> {
+    token_ref(extensions).map(|t| t.map(std::borrow::Cow::into_owned))
+}
+
+/// [`token_in_raw`] without a copy when the token is a plain string (every
+/// request of a logged-in client goes through here).
+pub fn token_ref(extensions: Option<&RawValue>) -> Result<Option<std::borrow::Cow<'_, str>>, String> {
     #[derive(Deserialize)]
     struct Ext<'a> {
         #[serde(rename = "org.pycom.auth", borrow, default)]
@@ -61,13 +67,15 @@ pub fn token_in_raw(extensions: Option<&RawValue>) -> Result<Option<String>, Str
     };
     let ext: Ext =
         serde_json::from_str(raw.get()).map_err(|e| format!("extensions could not be read: {e}"))?;
-    match ext.auth {
-        None => Ok(None),
-        Some(raw) => {
-            let value: Value = serde_json::from_str(raw.get()).map_err(|e| format!("{EXTENSION}: {e}"))?;
-            token_in_value(&value).map(|t| t.map(str::to_string))
-        }
+    let Some(raw) = ext.auth else {
+        return Ok(None);
+    };
+    if let Ok(token) = serde_json::from_str::<&str>(raw.get()) {
+        check_len("token", token, MAX_TOKEN_BYTES)?;
+        return Ok(Some(std::borrow::Cow::Borrowed(token)));
     }
+    let value: Value = serde_json::from_str(raw.get()).map_err(|e| format!("{EXTENSION}: {e}"))?;
+    token_in_value(&value).map(|t| t.map(|t| std::borrow::Cow::Owned(t.to_string())))
 }
 
 /// The token in a decoded request's extensions, if any.

@@ -256,7 +256,8 @@ fn start_auth(
     encrypted: bool,
     mailbox: &mailbox::Mailbox,
 ) -> Result<auth::methods::Auth, String> {
-    let hasher = auth::hasher::Hasher::start(|| mailbox.poster())?;
+    let throttle = auth::throttle::Shared::default();
+    let hasher = auth::hasher::Hasher::start(|| mailbox.poster(), &throttle)?;
     let loopback = [
         "tcp://127.",
         "tcp://localhost:",
@@ -283,7 +284,8 @@ fn start_auth(
         policy,
         view,
         hasher,
-        throttle: Default::default(),
+        throttle,
+        principals: Default::default(),
         stats: Default::default(),
     })
 }

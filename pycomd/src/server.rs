@@ -289,11 +289,7 @@ impl Server {
             let method = request.method.to_string();
             return self.relay(envelope, parts, &method, now);
         }
-        let caller = match auth::caller(
-            self.auth.as_ref().map(|a| &a.policy),
-            self.registry.state(),
-            request.extensions,
-        ) {
+        let caller = match auth::caller(self.auth.as_mut(), self.registry.state(), request.extensions) {
             Ok(caller) => caller,
             // A bad token may still log in again.
             Err(_) if request.interface == pycom_client::auth::INTERFACE => auth::Caller::Anonymous,
@@ -449,16 +445,25 @@ impl Server {
         let Some(a) = &mut self.auth else {
             return;
         };
-        let now = Instant::now();
-        let roles = a.policy.roles_of(&verdict.user).filter(|_| verdict.ok);
-        let Some(roles) = roles else {
-            a.stats.login_failures += 1;
-            let held = a.throttle.failed(&verdict.user, now);
-            info!(user = ?verdict.user, held_s = held.map(|d| d.as_secs()), "a login failed");
-            let fault = Fault::denied("authenticate: wrong user name or password");
-            return self.reply_fault(verdict.envelope, &fault);
+        use auth::hasher::Outcome;
+        // A user removed by a reload while its login waited fails as wrong.
+        let roles = match verdict.outcome {
+            Outcome::Ok => a.policy.roles_of(&verdict.user).ok_or(None),
+            Outcome::Wrong(held) => Err(held),
+            Outcome::Held(wait) => {
+                a.stats.logins_throttled += 1;
+                return self.reply_fault(verdict.envelope, &auth::throttle::held_fault(wait));
+            }
         };
-        a.throttle.succeeded(&verdict.user);
+        let roles = match roles {
+            Ok(roles) => roles,
+            Err(held) => {
+                a.stats.login_failures += 1;
+                info!(user = ?verdict.user, held_s = held.map(|d| d.as_secs()), "a login failed");
+                let fault = Fault::denied("authenticate: wrong user name or password");
+                return self.reply_fault(verdict.envelope, &fault);
+            }
+        };
         a.stats.logins += 1;
         let token = match pycom_client::auth::new_token() {
             Ok(token) => token,
@@ -693,8 +698,9 @@ impl Server {
                     );
                     self.registry.replace_state(state);
                     self.applied = last;
-                    if let Some(a) = &self.auth {
+                    if let Some(a) = &mut self.auth {
                         a.view.sync(self.registry.state().tokens());
+                        a.principals.clear();
                     }
                     let _ = ack.send(());
                 }
@@ -765,8 +771,14 @@ impl Server {
         });
         let (result, changes) = self.registry.apply(&command);
         self.applied = log_id;
-        if let Some(a) = &self.auth {
+        if let Some(a) = &mut self.auth {
             a.view.apply(&command, self.registry.state().tokens());
+            if matches!(
+                command,
+                Command::Login { .. } | Command::Logout { .. } | Command::ExpireTokens { .. }
+            ) {
+                a.principals.clear();
+            }
         }
         let now = Instant::now();
         for change in &changes {
@@ -943,6 +955,7 @@ impl Server {
                     warn!("access control: {line}");
                 }
                 a.view.set_policy(&policy);
+                a.principals.clear();
                 a.policy = policy;
                 if changed.is_empty() {
                     info!("reloaded access control: users and grants unchanged");

@@ -143,6 +143,38 @@ fn wrong_password_and_unknown_user_read_the_same_and_are_slowed() {
     assert!(stat["auth"]["logins_throttled"].as_u64() >= Some(2), "{stat}");
 }
 
+/// Guesses sent all at once are not all checked: once the name is held,
+/// the logins still queued for it are refused without a hash.
+#[test]
+fn guesses_sent_at_once_are_not_all_hashed() {
+    let s = Setup::new("");
+    let d = s.start();
+    let guesses = 20;
+    let barrier = std::sync::Barrier::new(guesses);
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..guesses)
+            .map(|i| {
+                let (d, barrier) = (&d, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    denied(login(d, "bob", &format!("guess-{i}")))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a guess")).collect()
+    });
+    let held = answers.iter().filter(|a| a.contains("retry in")).count();
+    let stat = ns(&d, None, "stat", Value::Null).expect("stat");
+    let failures = stat["auth"]["login_failures"].as_u64().unwrap_or(0);
+    assert!(
+        failures < 10,
+        "{failures} of {guesses} guesses were hashed: {stat}"
+    );
+    assert_eq!(held as u64 + failures, guesses as u64, "{answers:?}");
+    // bob's own password waits out the hold.
+    assert!(wait_until(Duration::from_secs(5), || login(&d, "bob", "bob-pw").is_ok()));
+}
+
 #[test]
 fn huge_credentials_are_code_4_at_once() {
     let s = Setup::new("");

@@ -4,10 +4,12 @@
 //! bounded queue and post each verdict to the server's mailbox, which then
 //! writes the login (or counts the failure).
 
+use super::throttle;
 use crate::mailbox::{Event, Poster};
 use pycom_client::auth::PasswordFile;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Logins waiting for a thread, at most; more get code 7.
 pub const QUEUE: usize = 1024;
@@ -26,7 +28,16 @@ pub struct Job {
 pub struct Verdict {
     pub envelope: Vec<zmq::Message>,
     pub user: String,
-    pub ok: bool,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Wrong user or password; the name is now held this long, if at all.
+    Wrong(Option<Duration>),
+    /// Not checked: the name was held by the time its turn came.
+    Held(Duration),
 }
 
 pub struct Hasher {
@@ -36,7 +47,10 @@ pub struct Hasher {
 
 impl Hasher {
     /// Start the threads, each posting with its own poster.
-    pub fn start(posters: impl FnMut() -> Result<Poster, String>) -> Result<Hasher, String> {
+    pub fn start(
+        posters: impl FnMut() -> Result<Poster, String>,
+        throttle: &throttle::Shared,
+    ) -> Result<Hasher, String> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .saturating_sub(1)
@@ -47,9 +61,10 @@ impl Hasher {
         for i in 0..threads {
             let poster = posters()?;
             let queue = queue.clone();
+            let throttle = throttle.clone();
             std::thread::Builder::new()
                 .name(format!("pycomd-hasher-{i}"))
-                .spawn(move || work(&queue, &poster))
+                .spawn(move || work(&queue, &poster, &throttle))
                 .map_err(|e| format!("cannot start a password hashing thread: {e}"))?;
         }
         Ok(Hasher { jobs, threads })
@@ -64,7 +79,7 @@ impl Hasher {
     }
 }
 
-fn work(queue: &Mutex<Receiver<Job>>, poster: &Poster) {
+fn work(queue: &Mutex<Receiver<Job>>, poster: &Poster, throttle: &throttle::Shared) {
     loop {
         // The lock is held only to take a job, not while hashing.
         let job = match queue.lock() {
@@ -74,11 +89,18 @@ fn work(queue: &Mutex<Receiver<Job>>, poster: &Poster) {
         let Ok(job) = job else {
             return;
         };
-        let ok = job.users.verify(&job.user, &job.password);
+        let outcome = match throttle.held(&job.user, Instant::now()) {
+            Some(wait) => Outcome::Held(wait),
+            None if job.users.verify(&job.user, &job.password) => {
+                throttle.succeeded(&job.user);
+                Outcome::Ok
+            }
+            None => Outcome::Wrong(throttle.failed(&job.user, Instant::now())),
+        };
         poster.post(Event::Verified(Verdict {
             envelope: job.envelope,
             user: job.user,
-            ok,
+            outcome,
         }));
     }
 }

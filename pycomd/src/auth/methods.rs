@@ -4,7 +4,6 @@
 //! off the server thread, or writes a command (login, logout) through the
 //! log.
 
-use super::throttle::Throttle;
 use super::{Caller, Policy};
 use crate::registry::{Command, State};
 use pycom_client::auth::{check_len, MAX_PASSWORD_BYTES, MAX_TOKEN_BYTES, MAX_USER_BYTES};
@@ -35,7 +34,9 @@ pub struct Auth {
     /// The policy and logins as the pub-sub forwarder sees them.
     pub view: std::sync::Arc<super::view::View>,
     pub hasher: super::hasher::Hasher,
-    pub throttle: Throttle,
+    pub throttle: super::throttle::Shared,
+    /// Principals of tokens seen lately (emptied when logins or the policy change).
+    pub principals: super::Principals,
     pub stats: AuthStats,
 }
 
@@ -87,10 +88,7 @@ pub fn dispatch(
             let password = field("credentials", MAX_PASSWORD_BYTES)?.unwrap_or_default();
             if let Some(wait) = auth.throttle.held(&user, now) {
                 auth.stats.logins_throttled += 1;
-                return Err(Fault::denied(format!(
-                    "authenticate: too many failed logins for this user name: retry in {} s",
-                    wait.as_secs_f64().ceil() as u64
-                )));
+                return Err(super::throttle::held_fault(wait));
             }
             if state.tokens().len() >= auth.policy.max_tokens {
                 tracing::warn!(

@@ -99,48 +99,95 @@ pub fn unix_ms() -> u64 {
     pycom_client::pubsub::wire::now_ms()
 }
 
-/// A valid token's principal, with the roles configured now. Errors are
-/// code 5 and say why (unknown, expired, user gone).
+/// A valid token's principal, with the roles configured now, and when
+/// the token expires. Errors are code 5 and say why (unknown, expired,
+/// user gone).
 pub fn principal(policy: &Policy, state: &State, token: &str, now_ms: u64) -> Result<Principal, Fault> {
-    let digest = digest(token);
-    let Some(held) = state.tokens().get(&digest) else {
+    resolve(policy, state, &digest(token), now_ms).map(|(p, _)| p)
+}
+
+fn resolve(policy: &Policy, state: &State, digest: &Digest, now_ms: u64) -> Result<(Principal, u64), Fault> {
+    let Some(held) = state.tokens().get(digest) else {
         return Err(Fault::denied(format!(
             "token {} is not valid (unknown, or logged out): log in again",
-            fingerprint(&digest)
+            fingerprint(digest)
         )));
     };
     if held.expires_ms <= now_ms {
         return Err(Fault::denied(format!(
             "token {} expired: log in again",
-            fingerprint(&digest)
+            fingerprint(digest)
         )));
     }
     let Some(roles) = policy.roles_of(&held.name) else {
         return Err(Fault::denied(format!(
             "token {}: user {} is no longer in the users file",
-            fingerprint(&digest),
+            fingerprint(digest),
             held.name
         )));
     };
-    Ok(Principal {
+    let principal = Principal {
         name: held.name.to_string(),
         roles,
-    })
+    };
+    Ok((principal, held.expires_ms))
+}
+
+/// Principals of the tokens seen lately, so that a request with a token
+/// costs one hash and one look-up, not a principal built anew. Emptied
+/// whenever logins or the policy change (rare), bounded in entries.
+#[derive(Debug, Default)]
+pub struct Principals {
+    by_digest: crate::registry::Map<Digest, (Arc<Principal>, u64)>,
+}
+
+/// Tokens whose principals are kept, at most (then all are forgotten).
+const MAX_PRINCIPALS: usize = 65_536;
+
+impl Principals {
+    pub fn clear(&mut self) {
+        self.by_digest.clear();
+    }
+
+    fn get(
+        &mut self,
+        policy: &Policy,
+        state: &State,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<Arc<Principal>, Fault> {
+        let digest = digest(token);
+        if let Some((principal, expires_ms)) = self.by_digest.get(&digest) {
+            if *expires_ms > now_ms {
+                return Ok(principal.clone());
+            }
+        }
+        let (principal, expires_ms) = resolve(policy, state, &digest, now_ms)?;
+        let principal = Arc::new(principal);
+        if self.by_digest.len() >= MAX_PRINCIPALS {
+            self.by_digest.clear();
+        }
+        self.by_digest.insert(digest, (principal.clone(), expires_ms));
+        Ok(principal)
+    }
 }
 
 /// Who is calling: `Open` with access control off; else the token's
 /// principal (a bad token is refused, not taken as anonymous, so that a
 /// client learns its login ran out), or `Anonymous` without one.
 pub fn caller(
-    policy: Option<&Policy>,
+    auth: Option<&mut methods::Auth>,
     state: &State,
     extensions: Option<&RawValue>,
 ) -> Result<Caller, Fault> {
-    let Some(policy) = policy else {
+    let Some(auth) = auth else {
         return Ok(Caller::Open);
     };
-    match pycom_client::auth::token_in_raw(extensions).map_err(Fault::bad_request)? {
+    match pycom_client::auth::token_ref(extensions).map_err(Fault::bad_request)? {
         None => Ok(Caller::Anonymous),
-        Some(token) => principal(policy, state, &token, unix_ms()).map(|p| Caller::User(Arc::new(p))),
+        Some(token) => auth
+            .principals
+            .get(&auth.policy, state, &token, unix_ms())
+            .map(Caller::User),
     }
 }

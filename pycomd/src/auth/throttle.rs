@@ -5,9 +5,16 @@
 //! what makes guessing slow. Unknown names are treated the same, so the
 //! answer does not tell which names exist. Bounded: the least recently
 //! failed names are forgotten first.
+//!
+//! Shared by the server (which refuses a held name before queueing its
+//! login) and the hashing threads (which record each verdict as soon as
+//! the hash is done, and skip the hash of a login queued before its name
+//! was held): a thousand guesses sent at once are not all hashed.
 
 use lru::LruCache;
+use pycom_client::proto::Fault;
 use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Failures answered normally before a name is held back.
@@ -58,6 +65,37 @@ impl Throttle {
     /// A successful login clears the name's failures.
     pub fn succeeded(&mut self, user: &str) {
         self.names.pop(user);
+    }
+}
+
+/// The answer to a login of a held name.
+pub fn held_fault(wait: Duration) -> Fault {
+    Fault::denied(format!(
+        "authenticate: too many failed logins for this user name: retry in {} s",
+        wait.as_secs_f64().ceil() as u64
+    ))
+}
+
+/// One [`Throttle`] for the server and the hashing threads.
+#[derive(Clone, Default)]
+pub struct Shared(Arc<Mutex<Throttle>>);
+
+impl Shared {
+    /// The throttle, even if a thread panicked holding it (plain data).
+    fn lock(&self) -> MutexGuard<'_, Throttle> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn held(&self, user: &str, now: Instant) -> Option<Duration> {
+        self.lock().held(user, now)
+    }
+
+    pub fn failed(&self, user: &str, now: Instant) -> Option<Duration> {
+        self.lock().failed(user, now)
+    }
+
+    pub fn succeeded(&self, user: &str) {
+        self.lock().succeeded(user)
     }
 }
 
