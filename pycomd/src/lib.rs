@@ -172,10 +172,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     // pycomd was down. Built beside the index, on the other core.
     let indexing = Instant::now();
     let (mut registry, leases) = Registry::new_alongside(state, own, |state| {
-        let leased = state
-            .records()
-            .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
-        leases::Leases::start(leased, Instant::now())
+        leases::Leases::start(state.leased(), Instant::now())
     });
     let index_ms = indexing.elapsed().as_millis() as u64;
     registry.set_history_limits(settings.changes_retained, settings.changes_retained_bytes);

@@ -46,6 +46,8 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 /// so leases start a fresh full term before anything is expired (etcd
 /// #12528).
 const STALL: Duration = Duration::from_secs(1);
+/// How long a follower waits for the leader to answer a relayed login.
+const LOGIN_RELAY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often expired tokens are looked for.
 const TOKEN_SWEEP: Duration = Duration::from_secs(60);
 /// How long the request socket stays open after the last replies of a
@@ -120,8 +122,8 @@ impl Server {
                 node.relay.expire(now, &mut self.outbox);
                 for reply in self.log.overdue(now) {
                     self.stats.faults += 1;
-                    let fault = Fault::unavailable(format!(
-                        "the write was not committed within write_timeout_ms = {}; it may or may not have been applied (outcome unknown): read before retrying",
+                    let fault = cluster::Outcome::Unknown.fault(format_args!(
+                        "the write was not committed within write_timeout_ms = {}",
                         self.log.write_timeout().map_or(0, |t| t.as_millis())
                     ));
                     let body =
@@ -544,7 +546,10 @@ impl Server {
         let Some(node) = &mut self.cluster else {
             return;
         };
-        if let Err((envelope, fault)) = node.relay.forward(envelope, parts, method, now) {
+        // A login may wait behind others for a password check: it gets
+        // longer than a write.
+        let timeout = (method == "authenticate").then_some(LOGIN_RELAY_TIMEOUT);
+        if let Err((envelope, fault)) = node.relay.forward(envelope, parts, method, now, timeout) {
             self.stats.faults += 1;
             let body = cluster::outcome_fault(&fault, cluster::Outcome::NotApplied, node.relay.leader());
             self.outbox.push(envelope, proto::STATUS_OK, body);
@@ -635,10 +640,8 @@ impl Server {
                     }
                     for proposal in proposals {
                         let fault = match outcome {
-                            Some(cluster::Outcome::Unknown) => Fault::unavailable(format!(
-                                "{}: {error}; the write may or may not have been applied (outcome unknown): read before retrying",
-                                proposal.command.name()
-                            )),
+                            Some(cluster::Outcome::Unknown) => cluster::Outcome::Unknown
+                                .fault(format_args!("{}: {error}", proposal.command.name())),
                             _ => Fault::unavailable(format!(
                                 "{}: not written, nothing was changed: {error}",
                                 proposal.command.name()
@@ -658,11 +661,9 @@ impl Server {
                         self.stats.faults += 1;
                         let fault = match outcome {
                             cluster::Outcome::NotApplied => {
-                                Fault::unavailable(format!("the write was not applied: {why}; nothing was changed: retry"))
+                                outcome.fault(format_args!("the write was not applied: {why}"))
                             }
-                            cluster::Outcome::Unknown => Fault::unavailable(format!(
-                                "{why}; the write may or may not have been applied (outcome unknown): read before retrying"
-                            )),
+                            cluster::Outcome::Unknown => outcome.fault(&why),
                         };
                         let body = cluster::outcome_fault(&fault, outcome, leader.as_deref());
                         self.outbox.push(reply.envelope, proto::STATUS_OK, body);
@@ -886,12 +887,7 @@ impl Server {
     /// Every lease a fresh full term from `now` (on becoming leader, after
     /// a stall): renewals sent meanwhile were not seen here.
     fn renew_all(&mut self, now: Instant) {
-        let leased = self
-            .registry
-            .state()
-            .records()
-            .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)));
-        self.leases = Leases::start(leased, now);
+        self.leases = Leases::start(self.registry.state().leased(), now);
     }
 
     /// How a record is kept alive, the one place that decides: with a

@@ -158,6 +158,19 @@ pub enum Outcome {
     Unknown,
 }
 
+impl Outcome {
+    /// Code 7 for a write that ended this way: why, then what it means
+    /// for a retry (the one wording of both).
+    pub fn fault(self, why: impl std::fmt::Display) -> Fault {
+        Fault::unavailable(match self {
+            Outcome::Unknown => format!(
+                "{why}; the write may or may not have been applied (outcome unknown): read before retrying"
+            ),
+            Outcome::NotApplied => format!("{why}; nothing was changed: retry"),
+        })
+    }
+}
+
 /// A write's fault with `extensions["org.pycom.cluster"] = {outcome,
 /// leader}`, encoded.
 pub fn outcome_fault(fault: &Fault, outcome: Outcome, leader: Option<&str>) -> Vec<u8> {

@@ -23,6 +23,8 @@ const MAX_PENDING: usize = 16 * 1024;
 struct Pending {
     envelope: Vec<zmq::Message>,
     deadline: Instant,
+    /// How long it was given.
+    timeout: Duration,
     method: String,
     /// Sent to the leader (else still waiting for room in the window).
     sent: bool,
@@ -90,7 +92,9 @@ impl Relay {
         frames: Vec<zmq::Message>,
         method: &str,
         now: Instant,
+        timeout: Option<Duration>,
     ) -> Result<(), (Vec<zmq::Message>, Fault)> {
+        let timeout = timeout.unwrap_or(self.timeout);
         if self.pending.len() >= MAX_PENDING {
             let fault = Fault::unavailable(format!(
                 "{method}: {MAX_PENDING} writes are already waiting for the leader; nothing was changed: retry"
@@ -103,7 +107,8 @@ impl Relay {
             id,
             Pending {
                 envelope,
-                deadline: now + self.timeout,
+                deadline: now + timeout,
+                timeout,
                 method: method.to_string(),
                 sent: false,
             },
@@ -187,10 +192,10 @@ impl Relay {
             };
             let (fault, outcome) = if p.sent {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                let fault = Fault::unavailable(format!(
-                    "{}: the leader did not answer within write_timeout_ms = {}; the write may or may not have been applied (outcome unknown): read before retrying",
+                let fault = Outcome::Unknown.fault(format_args!(
+                    "{}: the leader did not answer within {} ms",
                     p.method,
-                    self.timeout.as_millis()
+                    p.timeout.as_millis()
                 ));
                 (fault, Outcome::Unknown)
             } else {
@@ -199,10 +204,10 @@ impl Relay {
                 } else {
                     "no leader was known (an election, or this node is cut off)"
                 };
-                let fault = Fault::unavailable(format!(
-                    "{}: {why} within write_timeout_ms = {}; nothing was changed: retry, or another node",
+                let fault = Outcome::NotApplied.fault(format_args!(
+                    "{}: {why} within {} ms",
                     p.method,
-                    self.timeout.as_millis()
+                    p.timeout.as_millis()
                 ));
                 (fault, Outcome::NotApplied)
             };
@@ -228,10 +233,7 @@ impl Relay {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
             };
-            let fault = Fault::unavailable(format!(
-                "{}: {why}; it may or may not have been applied (outcome unknown): read before retrying",
-                p.method
-            ));
+            let fault = Outcome::Unknown.fault(format_args!("{}: {why}", p.method));
             outbox.push(
                 p.envelope,
                 proto::STATUS_OK,

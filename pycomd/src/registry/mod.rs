@@ -147,6 +147,13 @@ impl State {
         self.records.values().map(|r| &**r)
     }
 
+    /// The leased records: (service, revision, lease), what the lease
+    /// table starts from.
+    pub fn leased(&self) -> impl Iterator<Item = (&Arc<str>, u64, u64)> {
+        self.records()
+            .filter_map(|r| r.ttl_ms.map(|ttl| (&r.service, r.revision, ttl)))
+    }
+
     /// The records as shared handles.
     pub fn shared(&self) -> impl Iterator<Item = &Arc<Record>> {
         self.records.values()
