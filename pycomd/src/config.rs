@@ -331,6 +331,31 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Why `listen` is reachable from other hosts, if it is (a warning without
+/// access control, or with it but without encryption).
+pub fn exposed(listen: &str) -> Option<&'static str> {
+    let (transport, rest) = listen.split_once("://")?;
+    match transport {
+        "ipc" | "inproc" => return None,
+        "tcp" | "ws" | "wss" => {}
+        _ => return Some("a network transport"),
+    }
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    match host {
+        "*" | "0.0.0.0" | "::" => Some("every network interface"),
+        "localhost" | "lo" => None,
+        _ => match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => None,
+            Ok(_) => Some("an address other hosts can reach"),
+            Err(_) => Some("an interface or host name other than loopback"),
+        },
+    }
+}
+
 /// Settings given on the command line; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

@@ -255,18 +255,13 @@ fn start_auth(
 ) -> Result<auth::methods::Auth, String> {
     let throttle = auth::throttle::Shared::default();
     let hasher = auth::hasher::Hasher::start(|| mailbox.poster(), &throttle)?;
-    let loopback = [
-        "tcp://127.",
-        "tcp://localhost:",
-        "tcp://[::1]:",
-        "ipc://",
-        "inproc://",
-    ];
-    if !encrypted && !loopback.iter().any(|p| listen.starts_with(p)) {
-        tracing::warn!(
-            endpoint = listen,
-            "access control is on over a network endpoint without encryption: passwords and tokens travel in cleartext; turn on [security] curve (README), or keep pycomd on a trusted network or behind a WireGuard or SSH tunnel"
-        );
+    if !encrypted {
+        if let Some(why) = config::exposed(listen) {
+            tracing::warn!(
+                endpoint = listen,
+                "access control is on over {why} without encryption: passwords and tokens travel in cleartext; turn on [security] curve (README), or keep pycomd on a trusted network or behind a WireGuard or SSH tunnel"
+            );
+        }
     }
     for line in policy.warnings() {
         tracing::warn!("access control: {line}");

@@ -61,13 +61,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(why) = exposed(&settings.listen) {
+    let exposed = pycomd::config::exposed(&settings.listen).filter(|_| !settings.auth.enabled);
+    if let Some(why) = exposed {
         tracing::warn!(
-            "pycomd listens on {} ({why}) and has no access control: anyone who can connect can register, renew, unregister and look up services. Listen on tcp://127.0.0.1 (the default), or keep the port behind a firewall",
+            "pycomd listens on {} ({why}) without access control: anyone who can connect can register, renew, unregister and look up services. Turn on [auth] (README, \"Access control\"), listen on tcp://127.0.0.1 (the default), or keep the port behind a firewall",
             settings.listen
         );
     }
     if cli.check_config {
+        // The users file and grants are checked as a start would.
+        if settings.auth.enabled {
+            if let Err(e) = pycomd::auth::Policy::load(&settings.auth) {
+                eprintln!("pycomd: {e}");
+                return ExitCode::from(2);
+            }
+        }
         print_settings(&settings, config_file.as_deref());
         return ExitCode::SUCCESS;
     }
@@ -101,6 +109,48 @@ fn config_file_read(overrides: &Overrides) -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.is_file()))
 }
 
+/// `table` as TOML under `[path]`: its plain keys, then its tables
+/// (`[path.key]`) and lists of tables (`[[path.key]]`).
+fn toml_table(out: &mut String, path: &str, table: &serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    let is_tables = |v: &Value| matches!(v, Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object));
+    out.push_str(&format!("\n[{path}]\n"));
+    for (key, value) in table {
+        if !value.is_null() && !value.is_object() && !is_tables(value) {
+            out.push_str(&format!("{} = {value}\n", toml_key(key)));
+        }
+    }
+    for (key, value) in table {
+        match value {
+            Value::Object(inner) => toml_table(out, &format!("{path}.{key}"), inner),
+            Value::Array(items) if is_tables(value) => {
+                for item in items {
+                    if let Value::Object(inner) = item {
+                        out.push_str(&format!("\n[[{path}.{key}]]\n"));
+                        for (k, v) in inner {
+                            out.push_str(&format!("{} = {v}\n", toml_key(k)));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A key as TOML writes it: bare when it can be, else quoted (the keys of
+/// user tables, such as roles, may hold anything).
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match bare {
+        true => key.to_string(),
+        false => serde_json::Value::String(key.to_string()).to_string(),
+    }
+}
+
 /// `--check-config`: the effective settings as a TOML config file would
 /// give them, those at their default marked.
 fn print_settings(settings: &Settings, config_file: Option<&std::path::Path>) {
@@ -118,44 +168,24 @@ fn print_settings(settings: &Settings, config_file: Option<&std::path::Path>) {
         Some(path) => text.push_str(&format!("# config file: {}\n", path.display())),
         None => text.push_str("# config file: none\n"),
     }
+    let mut tables = String::new();
     for (name, value) in &effective {
-        let toml = match value {
-            // A JSON string is a valid TOML basic string.
+        let line = match value {
             serde_json::Value::Null => continue,
-            other => other.to_string(),
+            serde_json::Value::Object(table) => {
+                toml_table(&mut tables, name, table);
+                continue;
+            }
+            // A JSON string, number, bool or list of them is valid TOML.
+            other => format!("{name} = {other}"),
         };
-        let line = format!("{name} = {toml}");
         if defaults.get(name) == Some(value) {
             text.push_str(&format!("{line:<48} # default\n"));
         } else {
             text.push_str(&format!("{line}\n"));
         }
     }
+    text.push_str(&tables);
     // Nothing to do about a closed stdout: the check itself passed.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
-/// Why `listen` is reachable from other hosts, if it is: pycomd has no
-/// access control yet, so that deserves a warning.
-fn exposed(listen: &str) -> Option<&'static str> {
-    let (transport, rest) = listen.split_once("://")?;
-    match transport {
-        "ipc" | "inproc" => return None,
-        "tcp" | "ws" | "wss" => {}
-        _ => return Some("a network transport"),
-    }
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    match host {
-        "*" | "0.0.0.0" | "::" => Some("every network interface"),
-        "localhost" | "lo" => None,
-        _ => match host.parse::<std::net::IpAddr>() {
-            Ok(ip) if ip.is_loopback() => None,
-            Ok(_) => Some("an address other hosts can reach"),
-            Err(_) => Some("an interface or host name other than loopback"),
-        },
-    }
 }

@@ -170,7 +170,7 @@ fn check_config_prints_the_effective_settings_and_touches_nothing() {
 
 #[test]
 fn listening_beyond_loopback_without_access_control_is_warned_about() {
-    const WARNING: &str = "no access control";
+    const WARNING: &str = "without access control";
     let d = Daemon::start();
     assert!(!d.log().contains(WARNING), "{}", d.log());
 
@@ -321,4 +321,49 @@ fn the_readme_benchmarks_leave_the_users_registry_alone() {
         "{pycomd}"
     );
     assert!(!pycomd.contains(":2012"), "{pycomd}");
+}
+
+/// `--check-config` checks access control as a start would (the users
+/// file, the grants), and prints tables as TOML that loads again.
+#[test]
+fn check_config_checks_access_control_and_prints_tables_as_toml() {
+    let setup = pycom_e2e::auth::AuthSetup::new(
+        &[("alice", "pw")],
+        "[auth.roles]\n\"ops team\" = [\"alice\"]\n\n[[auth.grant]]\nrole = \"ops team\"\nregister = [\"/ops/\"]\n",
+    );
+    let check = || {
+        pycomd_env(&[])
+            .args(["--check-config", "--config"])
+            .arg(setup.config())
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in [
+        "[auth]",
+        "enabled = true",
+        "[auth.roles]",
+        "\"ops team\" = [\"alice\"]",
+        "[[auth.grant]]",
+        "[security]",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "no line {line}:\n{printed}");
+    }
+    // What it printed is a config pycomd takes.
+    let again = setup.config().with_extension("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let out = pycomd_env(&[])
+        .args(["--check-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A users file with a scheme pycomd does not take: exit 2, naming the line.
+    std::fs::write(setup.users(), "alice:{SHA}abc=\n").unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":1: user alice: the hash scheme"), "{err}");
 }
