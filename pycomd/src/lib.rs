@@ -134,6 +134,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
             owner: None,
         });
     }
+    let mut import = None;
     let (state, last, log, node, _lock): (_, _, Box<dyn log::Log>, _, _) = match (opened, &settings.cluster) {
         (Some(recovery::Opened { state, files }), _) => {
             let last = files.last;
@@ -151,6 +152,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         }
         (None, Some(cluster)) => {
             let started = start_cluster(&settings, cluster, &ctx, poster()?, sync).map_err(Failure::Start)?;
+            import = started.import;
             (
                 started.state,
                 started.last,
@@ -212,6 +214,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         next_admin: 0,
         auth,
         next_token_sweep: Instant::now(),
+        import,
     };
     server.probe_all();
 
@@ -285,6 +288,8 @@ fn start_auth(
 /// A cluster member's start: its Raft log and state machine in
 /// `data_dir/raft`, and the server's part of the cluster.
 struct ClusterStart {
+    /// A single node's registry to propose again as this cluster's.
+    import: Option<cluster::import::Import>,
     state: registry::State,
     last: log::LogId,
     log: Box<dyn log::Log>,
@@ -300,16 +305,9 @@ fn start_cluster(
     sync: bool,
 ) -> Result<ClusterStart, String> {
     let members = cluster.member_ids()?;
-    let lock = recovery::lock_data_dir(&settings.data_dir)?;
-    let single = recovery::log_dir(&settings.data_dir);
-    if std::fs::read_dir(&single).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(format!(
-            "the data dir {} holds a single-node registry ({}); a cluster member starts from an empty data dir (turning a single node's registry into a cluster's is not supported yet)",
-            settings.data_dir.display(),
-            single.display()
-        ));
-    }
     let dir = log::raft::raft_dir(&settings.data_dir);
+    let import = single_node_registry(settings, &members, &dir, sync)?;
+    let lock = recovery::lock_data_dir(&settings.data_dir)?;
     let store = log::raft::store::LogStore::open(&dir, sync)?;
     let poster = std::sync::Arc::new(std::sync::Mutex::new(poster));
     let (sm, opened) = log::raft::sm::StateMachine::open(&dir, poster.clone())?;
@@ -331,12 +329,55 @@ fn start_cluster(
         settings.high_water_mark,
     );
     Ok(ClusterStart {
+        import,
         state: opened.state,
         last,
         log: Box::new(raft),
         node: cluster::Node { status, relay },
         lock,
     })
+}
+
+/// The registry of a single node in this data dir, when this node starts
+/// a one-member cluster on it and has not imported it yet (the upgrade
+/// path, README "Clusters"). Refused with more members: one node makes the
+/// cluster, the others join it.
+fn single_node_registry(
+    settings: &Settings,
+    members: &std::collections::BTreeMap<u64, config::Member>,
+    raft_dir: &std::path::Path,
+    sync: bool,
+) -> Result<Option<cluster::import::Import>, String> {
+    let single = recovery::log_dir(&settings.data_dir);
+    let marker = cluster::import::marker(raft_dir);
+    if !std::fs::read_dir(&single).is_ok_and(|mut d| d.next().is_some()) || marker.exists() {
+        return Ok(None);
+    }
+    if members.len() != 1 {
+        return Err(format!(
+            "the data dir {} holds a single-node registry ({}); to make it a cluster's, start this node alone first ([cluster] members = only node {}), then add the others with `pycomctl cluster add` (README, \"Clusters\"); or start this member from an empty data dir",
+            settings.data_dir.display(),
+            single.display(),
+            members.keys().next().map_or(0, |id| *id)
+        ));
+    }
+    let opened = recovery::open(
+        &settings.data_dir,
+        &recovery::Options {
+            segment_bytes: settings.log_segment_bytes,
+            sync,
+            recover: false,
+        },
+    )?;
+    let import = cluster::import::Import::new(&opened.state, marker, auth::unix_ms());
+    info!(
+        records = opened.state.len(),
+        logins = opened.state.tokens().len(),
+        "this data dir holds a single node's registry: it becomes this one-member cluster's (proposed again through the cluster's log once this node leads)"
+    );
+    // The single node's files stay as they are (its lock is let go here).
+    drop(opened);
+    Ok(Some(import))
 }
 
 fn bind_router(

@@ -90,6 +90,8 @@ pub struct Server {
     pub auth: Option<auth::methods::Auth>,
     /// When expired tokens are next looked for.
     pub next_token_sweep: Instant,
+    /// A single node's registry being made this cluster's.
+    pub import: Option<cluster::import::Import>,
 }
 
 /// How the server stopped.
@@ -118,6 +120,7 @@ impl Server {
             self.notice_stall(last_turn, now, Duration::ZERO);
             self.expire(now);
             self.expire_tokens(now);
+            self.import_step(now);
             if let Some(node) = &mut self.cluster {
                 node.relay.expire(now, &mut self.outbox);
                 for reply in self.log.overdue(now) {
@@ -492,6 +495,35 @@ impl Server {
         self.propose(command, Some(reply));
     }
 
+    /// The leader proposes what is left of a single node's registry.
+    fn import_step(&mut self, now: Instant) {
+        if self.import.is_none() || !self.keeps_leases() {
+            return;
+        }
+        let Some(import) = &mut self.import else {
+            return;
+        };
+        let Some(commands) = import.due(self.registry.state(), now) else {
+            return;
+        };
+        if commands.is_empty() {
+            match import.finish() {
+                Ok(()) => {
+                    info!(
+                        imported = import.total,
+                        "the single node's registry is this cluster's now"
+                    );
+                    self.import = None;
+                }
+                Err(e) => error!("cannot mark the single node's registry imported (trying again): {e}"),
+            }
+            return;
+        }
+        for command in commands {
+            self.propose(command, None);
+        }
+    }
+
     /// Forget tokens that expired (where leases are kept: one node writes it).
     fn expire_tokens(&mut self, now: Instant) {
         if self.auth.is_none() || !self.keeps_leases() || now < self.next_token_sweep {
@@ -597,6 +629,12 @@ impl Server {
                     });
                 }
             }
+            // Only an import proposes these without a client: it proposes
+            // them again.
+            (Command::Register { .. } | Command::Login { .. }, None) => debug!(
+                command = proposal.command.name(),
+                "an imported record was not written yet: {}", fault.message
+            ),
             (command, None) => warn!(
                 command = command.name(),
                 "a write was not made: {}", fault.message

@@ -7,7 +7,7 @@ use pycom_client::{Code, Connection};
 use pycom_e2e::auth::{self, AuthSetup};
 use pycom_e2e::cluster::{agreed_leader, Cluster, ClusterOptions, History};
 use pycom_e2e::linearizability::{RegistryInput, RegistryOutput};
-use pycom_e2e::{leased, wait_until};
+use pycom_e2e::{leased, wait_until, Streamed};
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1536,4 +1536,83 @@ fn a_token_is_valid_on_every_node_and_outlives_the_leader() {
             "node {id} after logout"
         );
     }
+}
+
+/// The upgrade path: a single node's data dir becomes a one-member
+/// cluster's when that node starts with `[cluster]` (its records and
+/// logins proposed again through Raft), once only; with more members it is
+/// refused, naming the way.
+#[test]
+fn a_single_nodes_registry_becomes_a_one_member_clusters() {
+    let setup = AuthSetup::new(
+        &[("alice", "alice-pw")],
+        "[[auth.grant]]\nrole = \"anonymous\"\nregister = [\"/up/\"]\n",
+    );
+    let mut single = setup.start();
+    let mut ns = single.ns();
+    for name in ["/up/a", "/up/b", "/up/c"] {
+        ns.register(&pycom_e2e::leased(
+            name,
+            "tcp://127.0.0.1:7",
+            &["up.test"],
+            600_000,
+        ))
+        .expect("register");
+    }
+    let token = auth::login(&single, "alice", "alice-pw").expect("login");
+    assert!(single.terminate().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let peer = format!("127.0.0.1:{}", pycom_e2e::free_port());
+    let config = |members: &str| {
+        let path = dir.path().join(format!("cluster-{}.toml", members.len()));
+        let text = std::fs::read_to_string(setup.config()).unwrap()
+            + &format!("\n[cluster]\nnode_id = 1\npeer_listen = \"{peer}\"\n\n[cluster.members]\n{members}");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let one = config(&format!(
+        "1 = {{ peer = \"{peer}\", client = \"{}\" }}\n",
+        single.endpoint
+    ));
+    let start = |config: &std::path::Path| {
+        Streamed::spawn(
+            pycom_e2e::pycomd_command()
+                .args(["--listen", &single.endpoint])
+                .arg("--data-dir")
+                .arg(&single.data_dir)
+                .arg("--config")
+                .arg(config),
+        )
+    };
+    // With three members configured: refused, naming the way.
+    let three = config(&format!(
+        "1 = {{ peer = \"{peer}\", client = \"{}\" }}\n2 = {{ peer = \"127.0.0.1:1\", client = \"tcp://127.0.0.1:1\" }}\n3 = {{ peer = \"127.0.0.1:2\", client = \"tcp://127.0.0.1:2\" }}\n",
+        single.endpoint
+    ));
+    let mut refused = start(&three);
+    assert!(!refused.wait_exit(Duration::from_secs(20)).success());
+    assert!(
+        refused.output().contains("start this node alone first"),
+        "{}",
+        refused.output()
+    );
+
+    let mut node = start(&one);
+    node.wait_stderr(
+        "the single node's registry is this cluster's now",
+        Duration::from_secs(20),
+    );
+    let ctx = zmq::Context::new();
+    let mut ns = pycom_client::NameserverClient::new(connect(&ctx, &single.endpoint, 5000));
+    let found = ns.list_services(None, Some("/up/")).expect("list");
+    assert_eq!(found.len(), 3, "{found:?}");
+    auth::validate(&single, json!({"token": token})).expect("the login came along");
+    drop(node);
+    // Started again: imported once, not again.
+    let mut node = start(&one);
+    node.wait_stderr("serving", Duration::from_secs(20));
+    assert!(!node.output().contains("proposed again"), "{}", node.output());
+    let found = ns.list_services(None, Some("/up/")).expect("list");
+    assert_eq!(found.len(), 3, "{found:?}");
 }

@@ -7,6 +7,7 @@
 //! leader; and how a write's code 7 says whether it may still happen
 //! ([`Outcome`]).
 
+pub mod import;
 pub mod relay;
 
 use pycom_client::proto::{self, Fault};
