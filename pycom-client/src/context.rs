@@ -37,6 +37,9 @@ struct Inner {
     timeout_ms: AtomicU64,
     /// The nameserver that answered last: asked first next time.
     preferred: AtomicUsize,
+    /// The cluster's leader among the nameservers, where writes go first:
+    /// its index + 1; [`LEADER_UNKNOWN`] or [`NO_CLUSTER`].
+    leader: AtomicUsize,
     /// Idle nameserver connections, by endpoint index.
     pool: Mutex<Vec<(usize, Connection)>>,
     /// The caller's token, sent with every call.
@@ -94,6 +97,7 @@ impl Context {
                 nameservers,
                 timeout_ms: AtomicU64::new(crate::DEFAULT_TIMEOUT.as_millis() as u64),
                 preferred: AtomicUsize::new(0),
+                leader: AtomicUsize::new(LEADER_UNKNOWN),
                 pool: Mutex::new(Vec::new()),
                 token: TokenSlot::default(),
                 server_key: Mutex::new(None),
@@ -380,7 +384,85 @@ fn not_applied(response: &crate::proto::Response) -> bool {
             == Some("not_applied")
 }
 
-/// Calls to whichever configured nameserver answers.
+/// No leader known yet (asked with the first write).
+const LEADER_UNKNOWN: usize = 0;
+/// The nameservers are no cluster: nothing to ask.
+const NO_CLUSTER: usize = usize::MAX;
+
+/// Writes: what a cluster's leader takes (a follower relays them).
+fn is_write(interface: &str, method: &str) -> bool {
+    match interface {
+        crate::nameserver::INTERFACE => matches!(method, "register" | "unregister" | "renew"),
+        crate::auth::INTERFACE => matches!(method, "authenticate" | "logout"),
+        _ => false,
+    }
+}
+
+/// The leader's request endpoint a cluster reply names, if any: in a
+/// write's code 7 (`extensions["org.pycom.cluster"].leader`) or in
+/// `org.pycom.cluster status` (`leader.client`).
+fn named_leader(response: &crate::proto::Response) -> Option<&str> {
+    match &response.result {
+        Ok(status) => status.get("leader")?.get("client")?.as_str(),
+        Err(_) => response
+            .extensions
+            .get("org.pycom.cluster")?
+            .get("leader")?
+            .as_str(),
+    }
+}
+
+impl Context {
+    /// Remember `endpoint` as the leader if it is one of the nameservers.
+    fn note_leader(&self, endpoint: &str) {
+        if let Some(i) = self.inner.nameservers.iter().position(|e| e == endpoint) {
+            self.inner.leader.store(i + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Where a write goes first: the leader when known. With several
+    /// nameservers and none known yet, the cluster is asked once (one
+    /// `status`); single nodes answer that they are none, and are not
+    /// asked again.
+    fn writer(&self, fallback: usize) -> usize {
+        let inner = &self.inner;
+        let n = inner.nameservers.len();
+        match inner.leader.load(Ordering::Relaxed) {
+            NO_CLUSTER => return fallback,
+            LEADER_UNKNOWN if n > 1 => {}
+            LEADER_UNKNOWN => return fallback,
+            known => return (known - 1) % n,
+        }
+        let Ok(mut conn) = self.take_connection(fallback) else {
+            return fallback;
+        };
+        let status = crate::proto::Request::new("org.pycom.cluster", "status", Value::Null);
+        match conn.call(&status, &[]) {
+            Ok(reply) => {
+                match &reply.response.result {
+                    Ok(_) => {
+                        if let Some(leader) = named_leader(&reply.response) {
+                            self.note_leader(leader);
+                        }
+                    }
+                    Err(fault) if fault.code == crate::Code::ServiceNotFound => {
+                        inner.leader.store(NO_CLUSTER, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
+                }
+                self.return_connection(fallback, conn);
+            }
+            Err(_) => return fallback,
+        }
+        match inner.leader.load(Ordering::Relaxed) {
+            NO_CLUSTER | LEADER_UNKNOWN => fallback,
+            known => (known - 1) % n,
+        }
+    }
+}
+
+/// Calls to whichever configured nameserver answers; writes to a
+/// cluster's leader first, when it is known.
 pub struct NameserverHandle {
     ctx: Context,
 }
@@ -400,7 +482,11 @@ impl Invoker for NameserverHandle {
     ) -> Result<crate::proto::Response> {
         let inner = &self.ctx.inner;
         let n = inner.nameservers.len();
-        let first = inner.preferred.load(Ordering::Relaxed) % n;
+        let preferred = inner.preferred.load(Ordering::Relaxed) % n;
+        let first = match is_write(interface, method) {
+            true => self.ctx.writer(preferred),
+            false => preferred,
+        };
         let mut last_error = None;
         for k in 0..n {
             let index = (first + k) % n;
@@ -417,6 +503,10 @@ impl Invoker for NameserverHandle {
                 // caller's to resolve: it may still commit.
                 Ok(response) if k + 1 < n && not_applied(&response) => {
                     tracing::debug!(nameserver = %inner.nameservers[index], "write not applied; trying the next nameserver");
+                    match named_leader(&response) {
+                        Some(leader) => self.ctx.note_leader(leader),
+                        None => inner.leader.store(LEADER_UNKNOWN, Ordering::Relaxed),
+                    }
                     self.ctx.return_connection(index, conn);
                 }
                 outcome => {

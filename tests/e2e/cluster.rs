@@ -1616,3 +1616,48 @@ fn a_single_nodes_registry_becomes_a_one_member_clusters() {
     let found = ns.list_services(None, Some("/up/")).expect("list");
     assert_eq!(found.len(), 3, "{found:?}");
 }
+
+/// pycom-client's `Context` sends writes to the leader once it knows it
+/// (asked once, then learned from replies), not through a follower's relay.
+#[test]
+fn a_context_sends_writes_to_the_leader_when_it_knows_it() {
+    let cluster = Cluster::with(
+        3,
+        ClusterOptions {
+            proxies: false,
+            ..ClusterOptions::default()
+        },
+    );
+    cluster.expect_leader(Duration::from_secs(10));
+    let follower = cluster.follower(Duration::from_secs(10));
+    // The follower first: without a known leader every write would go there.
+    let mut endpoints = vec![cluster.endpoint(follower).to_string()];
+    endpoints.extend(
+        cluster
+            .ids()
+            .into_iter()
+            .filter(|id| *id != follower)
+            .map(|id| cluster.endpoint(id).to_string()),
+    );
+    let ctx = pycom_client::Context::with_nameservers(endpoints).unwrap();
+    let requests = |id: u64| cluster.stat(id).and_then(|s| s["requests"].as_u64()).unwrap_or(0);
+    let before = requests(follower);
+    for i in 0..20 {
+        let reg = leased(
+            &format!("/prefer/{i}"),
+            "tcp://127.0.0.1:7",
+            &["prefer.test"],
+            600_000,
+        );
+        assert!(wait_until(Duration::from_secs(5), || ctx
+            .nameserver()
+            .register(&reg)
+            .is_ok()));
+    }
+    let sent_to_follower = requests(follower) - before;
+    // One `status` to learn the leader, and the `stat` that counts.
+    assert!(
+        sent_to_follower <= 4,
+        "{sent_to_follower} requests went to the follower"
+    );
+}
