@@ -1661,3 +1661,43 @@ fn a_context_sends_writes_to_the_leader_when_it_knows_it() {
         "{sent_to_follower} requests went to the follower"
     );
 }
+
+/// A follower cut off from the leader keeps answering reads from its own
+/// state and says in `stat` that they may be behind (`cut_off`); a
+/// follower in touch does not.
+#[test]
+fn a_follower_cut_off_from_the_leader_says_so_in_stat() {
+    let cluster = Cluster::start(3);
+    cluster.expect_leader(Duration::from_secs(10));
+    let follower = cluster.follower(Duration::from_secs(10));
+    let cut_off = |id: u64| {
+        cluster
+            .stat(id)
+            .is_some_and(|s| s["cluster"]["cut_off"] == json!(true))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || !cut_off(follower)),
+        "{}",
+        cluster.report()
+    );
+    for other in cluster.ids().into_iter().filter(|id| *id != follower) {
+        cluster.cut(follower, other);
+        cluster.cut(other, follower);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || cut_off(follower)),
+        "{}",
+        cluster.report()
+    );
+    // Its reads still answer, from its own state.
+    assert!(cluster.ns(follower).locate("org.pycom.nameserver", None).is_ok());
+    for other in cluster.ids().into_iter().filter(|id| *id != follower) {
+        cluster.heal(follower, other);
+        cluster.heal(other, follower);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !cut_off(follower)),
+        "{}",
+        cluster.report()
+    );
+}

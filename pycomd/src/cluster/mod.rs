@@ -106,7 +106,8 @@ pub struct Status {
     /// A leader that has not heard from a majority for longer than an
     /// election timeout (cut off, or stalled): it takes no writes and keeps
     /// no leases, and its reads may be behind, until it hears again or
-    /// steps down.
+    /// steps down. A follower or learner that has not heard from a leader
+    /// for that long: it answers reads from its state, which may be behind.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cut_off: bool,
 }

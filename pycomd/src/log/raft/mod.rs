@@ -179,6 +179,7 @@ impl RaftLog {
     ) -> Result<RaftLog, String> {
         let me = settings.node_id;
         let config = raft_config(settings)?;
+        let election_timeout = Duration::from_millis(settings.election_timeout_max_ms());
         let listener = std::net::TcpListener::bind(&settings.peer_listen)
             .map_err(|e| format!("cannot bind cluster.peer_listen = {}: {e}", settings.peer_listen))?;
         listener
@@ -228,7 +229,8 @@ impl RaftLog {
                             return;
                         }
                     };
-                    tokio::spawn(net::serve(listener, me, raft.clone()));
+                    let contact = net::LeaderContact::default();
+                    tokio::spawn(net::serve(listener, me, raft.clone(), contact.clone()));
                     // Every member starts with the same members: the first
                     // start forms the cluster; later ones are told it exists.
                     // A joining node waits to be added.
@@ -241,7 +243,13 @@ impl RaftLog {
                         }
                     }
                     let _ = started_tx.send(Ok(()));
-                    tokio::spawn(watch(raft.clone(), me, network.clone(), poster.clone()));
+                    tokio::spawn(watch(
+                        raft.clone(),
+                        me,
+                        network.clone(),
+                        poster.clone(),
+                        (contact, election_timeout),
+                    ));
                     while let Some(ctl) = requests.recv().await {
                         match ctl {
                             Ctl::Propose(request, forward) => {
@@ -518,7 +526,13 @@ async fn propose(
 }
 
 /// Post this node's view of the cluster whenever it changes.
-async fn watch(raft: Raft, me: u64, network: net::PeerNetwork, poster: SharedPoster) {
+async fn watch(
+    raft: Raft,
+    me: u64,
+    network: net::PeerNetwork,
+    poster: SharedPoster,
+    (contact, election_timeout): (net::LeaderContact, Duration),
+) {
     let mut metrics = raft.metrics();
     let mut last: Option<Status> = None;
     loop {
@@ -566,7 +580,12 @@ async fn watch(raft: Raft, me: u64, network: net::PeerNetwork, poster: SharedPos
                 members,
                 commit_index: m.local_committed.map_or(0, |c| c.index),
                 applied_index: m.last_applied.map_or(0, |a| a.index),
-                cut_off: cut_off && m.state == ServerState::Leader,
+                // A follower (or learner) not hearing from a leader for
+                // longer than an election timeout: its reads may be behind.
+                cut_off: match m.state {
+                    ServerState::Leader => cut_off,
+                    _ => contact.silence() > election_timeout,
+                },
             }
         };
         if last.as_ref() != Some(&status) {

@@ -243,21 +243,56 @@ pub async fn forward(
     }
 }
 
+/// When this node last took entries (or a heartbeat) from a leader: a
+/// follower that has not for longer than an election timeout says in
+/// `stat` that its reads may be behind.
+#[derive(Clone)]
+pub struct LeaderContact {
+    since: std::time::Instant,
+    /// Milliseconds from `since`; 0: never.
+    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for LeaderContact {
+    fn default() -> LeaderContact {
+        LeaderContact {
+            since: std::time::Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+}
+
+impl LeaderContact {
+    fn heard(&self) {
+        let ms = self.since.elapsed().as_millis().max(1) as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since a leader was last heard (since start if never).
+    pub fn silence(&self) -> std::time::Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.since
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
 /// Serve the peers until the runtime stops: a task per connection,
 /// requests in order.
-pub async fn serve(listener: TcpListener, me: u64, raft: Raft) {
+pub async fn serve(listener: TcpListener, me: u64, raft: Raft, contact: LeaderContact) {
     loop {
         let Ok((stream, from)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
+        let contact = contact.clone();
         tokio::spawn(async move {
             let (r, w) = stream.into_split();
             let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
             while let Ok(frame) = read_frame(&mut r).await {
                 let answer = match serde_json::from_slice::<Envelope>(&frame) {
-                    Ok(envelope) if envelope.to == me => dispatch(&raft, envelope.request).await,
+                    Ok(envelope) if envelope.to == me => dispatch(&raft, envelope.request, &contact).await,
                     Ok(envelope) => Err(format!("this is node {me}, not node {}", envelope.to)),
                     Err(e) => Err(format!("a frame that does not parse: {e}")),
                 };
@@ -281,9 +316,17 @@ pub async fn serve(listener: TcpListener, me: u64, raft: Raft) {
     }
 }
 
-async fn dispatch(raft: &Raft, request: PeerRequest) -> Result<Vec<u8>, String> {
+async fn dispatch(raft: &Raft, request: PeerRequest, contact: &LeaderContact) -> Result<Vec<u8>, String> {
     let json = match request {
-        PeerRequest::Append(rpc) => serde_json::to_vec(&raft.append_entries(rpc).await),
+        PeerRequest::Append(rpc) => {
+            let answer = raft.append_entries(rpc).await;
+            // Taken from a leader of the current term (not refused for a
+            // higher vote): the leader is alive and reaches this node.
+            if matches!(&answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                contact.heard();
+            }
+            serde_json::to_vec(&answer)
+        }
         PeerRequest::Vote(rpc) => serde_json::to_vec(&raft.vote(rpc).await),
         PeerRequest::PreVote(rpc) => serde_json::to_vec(&raft.pre_vote(rpc).await),
         PeerRequest::Snapshot { vote, meta, data } => {
