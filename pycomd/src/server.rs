@@ -810,12 +810,8 @@ impl Server {
         });
         let (result, changes) = self.registry.apply(&command);
         self.applied = log_id;
-        if let Some(a) = &mut self.auth {
-            a.view.apply(&command, self.registry.state().tokens());
-            if matches!(
-                command,
-                Command::Login { .. } | Command::Logout { .. } | Command::ExpireTokens { .. }
-            ) {
+        if let (Some(a), Ok(applied)) = (&mut self.auth, &result) {
+            if a.view.apply(&command, applied) {
                 a.principals.clear();
             }
         }
@@ -867,7 +863,7 @@ impl Server {
                 self.stats.faults += 1;
             }
             let body = match (&result, &reply.token) {
-                (Ok(Applied::LoggedIn { expires_ms }), Some(token)) => proto::encode_response(
+                (Ok(Applied::LoggedIn { expires_ms, .. }), Some(token)) => proto::encode_response(
                     Ok(&serde_json::json!({"token": token, "expires_ms": expires_ms})),
                     None,
                 ),

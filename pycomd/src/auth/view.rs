@@ -6,7 +6,7 @@
 
 use super::{digest, fingerprint, Policy};
 use crate::registry::tokens::{parse_hex, Digest, Tokens};
-use crate::registry::{Command, Map};
+use crate::registry::{Applied, Command, Map};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The PLAIN user names: "the password is a token", and a peer without
@@ -18,8 +18,6 @@ struct Inner {
     policy: Arc<Policy>,
     /// Token SHA-256 -> (user, expiry in unix ms).
     tokens: Map<Digest, (Arc<str>, u64)>,
-    /// User -> their tokens' SHA-256s (a login may drop the user's oldest).
-    by_name: Map<Arc<str>, Vec<Digest>>,
 }
 
 /// Shared between the server thread (writer) and the forwarder (reader).
@@ -34,7 +32,6 @@ impl View {
             inner: RwLock::new(Inner {
                 policy: Arc::new(policy.clone()),
                 tokens: Map::default(),
-                by_name: Map::default(),
             }),
         })
     }
@@ -62,70 +59,46 @@ impl View {
     pub fn sync(&self, tokens: &Tokens) {
         let mut inner = self.write();
         inner.tokens.clear();
-        inner.by_name.clear();
         for token in tokens.shared() {
             if let Some(d) = parse_hex(&token.sha256) {
                 inner.tokens.insert(d, (token.name.clone(), token.expires_ms));
-                inner.by_name.entry(token.name.clone()).or_default().push(d);
             }
         }
     }
 
-    /// Follow one applied command; `tokens`: the state's logins after it.
-    pub fn apply(&self, command: &Command, tokens: &Tokens) {
-        match command {
-            Command::Login {
-                token_sha256, name, ..
-            } => {
+    /// Follow one applied command as the registry reported it (the
+    /// registry alone decides which logins a login drops or time expires).
+    /// Whether it changed the logins.
+    pub fn apply(&self, command: &Command, applied: &Applied) -> bool {
+        match (command, applied) {
+            (
+                Command::Login {
+                    token_sha256, name, ..
+                },
+                Applied::LoggedIn { expires_ms, dropped },
+            ) => {
                 let mut inner = self.write();
-                let inner = &mut *inner;
+                for d in dropped {
+                    inner.tokens.remove(d);
+                }
                 if let Some(d) = parse_hex(token_sha256) {
-                    if let Some(held) = tokens.get(&d) {
-                        let fresh = inner
-                            .tokens
-                            .insert(d, (held.name.clone(), held.expires_ms))
-                            .is_none();
-                        if fresh {
-                            inner.by_name.entry(held.name.clone()).or_default().push(d);
-                        }
-                    }
-                }
-                // The user's oldest logins beyond the limit went.
-                if let Some(theirs) = inner.by_name.get_mut(name.as_str()) {
-                    theirs.retain(|d| {
-                        let kept = tokens.get(d).is_some();
-                        if !kept {
-                            inner.tokens.remove(d);
-                        }
-                        kept
-                    });
+                    inner.tokens.insert(d, (Arc::from(name.as_str()), *expires_ms));
                 }
             }
-            Command::Logout { token_sha256 } => {
-                let mut inner = self.write();
+            (Command::Logout { token_sha256 }, Applied::LoggedOut(true)) => {
                 if let Some(d) = parse_hex(token_sha256) {
-                    if let Some((name, _)) = inner.tokens.remove(&d) {
-                        if let Some(theirs) = inner.by_name.get_mut(&name) {
-                            theirs.retain(|x| *x != d);
-                            if theirs.is_empty() {
-                                inner.by_name.remove(&name);
-                            }
-                        }
-                    }
+                    self.write().tokens.remove(&d);
                 }
             }
-            Command::ExpireTokens { now_ms } => {
+            (_, Applied::TokensExpired(gone)) => {
                 let mut inner = self.write();
-                let inner = &mut *inner;
-                inner.tokens.retain(|_, (_, expires)| *expires > *now_ms);
-                let tokens = &inner.tokens;
-                inner.by_name.retain(|_, theirs| {
-                    theirs.retain(|d| tokens.contains_key(d));
-                    !theirs.is_empty()
-                });
+                for d in gone {
+                    inner.tokens.remove(d);
+                }
             }
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     /// A ZAP request's PLAIN credentials: the user id (`""`: anonymous), or
@@ -169,7 +142,7 @@ mod tests {
     use super::*;
     use crate::auth::hex;
     use crate::config::AuthSettings;
-    use crate::registry::tokens::Token;
+    use crate::registry::State;
 
     fn policy(dir: &std::path::Path) -> Policy {
         let file = dir.join("users");
@@ -193,40 +166,18 @@ mod tests {
         }
     }
 
-    /// Apply `command` to `tokens` as the registry does, then to `view`.
-    fn apply(view: &View, tokens: &mut Tokens, command: Command) {
-        match &command {
-            Command::Login {
-                token_sha256,
-                name,
-                expires_ms,
-                keep,
-                ..
-            } => tokens.login(
-                Token {
-                    sha256: token_sha256.clone(),
-                    name: Arc::from(name.as_str()),
-                    roles: vec![],
-                    expires_ms: *expires_ms,
-                },
-                *keep,
-            ),
-            Command::Logout { token_sha256 } => {
-                tokens.logout(token_sha256);
-            }
-            Command::ExpireTokens { now_ms } => {
-                tokens.expire(*now_ms);
-            }
-            _ => {}
+    /// Apply `command` to `state` as the registry does, then to `view`.
+    fn apply(view: &View, state: &mut State, command: Command) {
+        if let (Ok(applied), _) = state.apply(&command) {
+            view.apply(&command, &applied);
         }
-        view.apply(&command, tokens);
     }
 
     #[test]
     fn the_view_follows_logins_logouts_evictions_and_expiry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let view = View::new(&policy(dir.path()));
-        let mut tokens = Tokens::default();
+        let mut tokens = State::default();
         let ok = |token: &str, now: u64| view.authenticate(b"token", token.as_bytes(), now);
         assert_eq!(view.authenticate(b"anonymous", b"x", 0), Ok(String::new()));
         assert!(view.authenticate(b"alice", b"pw", 0).is_err());
@@ -251,7 +202,7 @@ mod tests {
         assert!(ok("t4", 50).unwrap_err().contains("no longer in the users file"));
         apply(&view, &mut tokens, Command::ExpireTokens { now_ms: 250 });
         assert!(ok("t2", 50).is_err());
-        assert!(ok("t4", 50).is_err() && tokens.get(&digest("t4")).is_some());
+        assert!(ok("t4", 50).is_err() && tokens.tokens().get(&digest("t4")).is_some());
         view.sync(&Tokens::default());
         assert!(ok("t4", 50).is_err());
     }

@@ -88,14 +88,16 @@ pub enum Applied {
     /// An expiry or probe verdict: whether it removed the record (a newer
     /// version of the name is left alone).
     Removed(bool),
-    /// A login kept until then (unix ms).
+    /// A login kept until then (unix ms); the user's oldest tokens it
+    /// dropped (`auth.max_tokens_per_user`).
     LoggedIn {
         expires_ms: u64,
+        dropped: Vec<tokens::Digest>,
     },
     /// A logout: whether the token was held.
     LoggedOut(bool),
-    /// Expired tokens forgotten: how many.
-    TokensExpired(usize),
+    /// Expired tokens forgotten.
+    TokensExpired(Vec<tokens::Digest>),
 }
 
 pub type Outcome = (Result<Applied, Fault>, Vec<Change>);
@@ -269,10 +271,11 @@ impl State {
                     roles: roles.clone(),
                     expires_ms: *expires_ms,
                 };
-                self.tokens.login(token, *keep);
+                let dropped = self.tokens.login(token, *keep);
                 (
                     Ok(Applied::LoggedIn {
                         expires_ms: *expires_ms,
+                        dropped,
                     }),
                     Vec::new(),
                 )

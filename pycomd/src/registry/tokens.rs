@@ -70,10 +70,11 @@ impl Tokens {
         self.by_digest.values().map(|t| t.expires_ms).min()
     }
 
-    /// Keep a login; the user's oldest tokens beyond `keep` are dropped.
-    pub fn login(&mut self, token: Token, keep: usize) {
+    /// Keep a login; the user's oldest tokens beyond `keep` are dropped
+    /// (returned, for those who follow the logins).
+    pub fn login(&mut self, token: Token, keep: usize) -> Vec<Digest> {
         let Some(digest) = parse_hex(&token.sha256) else {
-            return;
+            return Vec::new();
         };
         let mut theirs: Vec<(u64, Digest)> = self
             .by_digest
@@ -81,14 +82,17 @@ impl Tokens {
             .filter(|(_, t)| t.name == token.name)
             .map(|(d, t)| (t.expires_ms, *d))
             .collect();
+        let mut dropped = Vec::new();
         if theirs.len() >= keep.max(1) {
             // Ties broken by digest: every node drops the same ones.
             theirs.sort_unstable();
             for (_, d) in &theirs[..=theirs.len() - keep.max(1)] {
                 self.by_digest.remove(d);
+                dropped.push(*d);
             }
         }
         self.by_digest.insert(digest, Arc::new(token));
+        dropped
     }
 
     /// Whether the token was held.
@@ -96,10 +100,17 @@ impl Tokens {
         parse_hex(sha256).is_some_and(|d| self.by_digest.remove(&d).is_some())
     }
 
-    /// Forget tokens expired by `now_ms`; how many.
-    pub fn expire(&mut self, now_ms: u64) -> usize {
-        let before = self.by_digest.len();
-        self.by_digest.retain(|_, t| t.expires_ms > now_ms);
-        before - self.by_digest.len()
+    /// Forget tokens expired by `now_ms`; which.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Digest> {
+        let gone: Vec<Digest> = self
+            .by_digest
+            .iter()
+            .filter(|(_, t)| t.expires_ms <= now_ms)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in &gone {
+            self.by_digest.remove(d);
+        }
+        gone
     }
 }
