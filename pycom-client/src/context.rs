@@ -172,6 +172,19 @@ impl Context {
         self.component(interface, Some(service), &info.address, true)
     }
 
+    /// The workflow pycomd hosts under `service` (its service path, e.g.
+    /// `/demo/workflow/1`): each task is a method, and a call answers when
+    /// the run ends. Give it a timeout that fits the task
+    /// ([`Component::set_timeout`]).
+    pub fn workflow(&self, service: &str) -> Result<Component> {
+        self.locate_service(crate::workflow::INTERFACE, service)
+    }
+
+    /// `org.pycom.workflow.admin` of the nameserver(s): runs.
+    pub fn workflow_admin(&self) -> crate::workflow::admin::Client<NameserverHandle> {
+        crate::workflow::admin::Client(NameserverHandle { ctx: self.clone() })
+    }
+
     /// A component for `interface` at a known address (never re-located).
     pub fn connect(&self, address: &str, interface: &str) -> Result<Component> {
         self.component(interface, None, address, false)

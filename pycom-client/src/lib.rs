@@ -41,6 +41,10 @@
 //! `org.pycom.authenticator` itself; its clients log in with
 //! [`Component::login`].
 //!
+//! Workflows ([`workflow`], PROTOCOL.md 8): [`Context::workflow`] gives a
+//! workflow hosted by pycomd as a [`Component`] (each task a method);
+//! [`workflow::admin`] starts and follows runs.
+//!
 //! Declaring: [`interface!`] turns a list of method signatures into a typed
 //! client and a handler trait with introspection ([`proxy`]).
 //!
@@ -72,6 +76,7 @@ pub mod proxy;
 pub mod pubsub;
 pub mod router;
 pub mod service;
+pub mod workflow;
 
 pub use auth::{Caller, Login};
 pub use binary::{Attachment, Binary, Limits};

@@ -218,6 +218,55 @@ pub enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// The workflows pycomd hosts, with their tasks
+    #[command(after_help = WORKFLOW_EXAMPLES)]
+    Workflows,
+    /// Workflow runs, newest first
+    #[command(after_help = WORKFLOW_EXAMPLES)]
+    Runs {
+        /// Only runs of this workflow (its service path)
+        #[arg(long, value_name = "WORKFLOW")]
+        workflow: Option<String>,
+        /// Only runs in this state: running, succeeded, failed, cancelled, interrupted
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// At most this many (1 to 1000)
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
+    /// One workflow run: show, start, cancel, redrive
+    #[command(after_help = WORKFLOW_EXAMPLES)]
+    Run {
+        #[command(subcommand)]
+        command: RunCommand,
+    },
+}
+
+const WORKFLOW_EXAMPLES: &str = "Examples:
+  pycomctl workflows
+  pycomctl run start /demo/workflow/1 task1 '{\"n\": 1}'   # prints the run id
+  pycomctl runs --state failed
+  pycomctl run show 3f2a...
+  pycomctl run redrive 3f2a...";
+
+#[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// Every step of a run: attempts, durations, errors, and its result
+    Show { run_id: String },
+    /// Start a run of TASK of WORKFLOW with JSON args; prints its id (--wait: its result)
+    Start {
+        workflow: String,
+        task: String,
+        #[arg(value_name = "JSON", default_value = "{}")]
+        args: String,
+        /// Wait for the run to end and print its result
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a running run (no later step is started; no compensation runs)
+    Cancel { run_id: String },
+    /// Run a failed or interrupted run again from the step that failed
+    Redrive { run_id: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -68,6 +68,22 @@ pub struct Settings {
     /// The same bound in bytes (records' sizes, as `max_record_bytes`
     /// counts them).
     pub changes_retained_bytes: usize,
+    /// Where workflow definitions are (one JSON file each); empty: the
+    /// `workflows.d` directory next to the config file, if both exist.
+    pub workflows_dir: String,
+    /// Where each workflow's endpoint binds (one port each).
+    pub workflow_listen: String,
+    /// Runs running at once; starts beyond it get code 7.
+    pub max_running_runs: usize,
+    /// Ended runs kept for `result` and `list_runs`, by count and by age.
+    pub workflow_runs_retained: usize,
+    pub workflow_runs_retained_days: u64,
+    /// What one run may hold (its args, results and history), in bytes.
+    pub workflow_run_bytes: usize,
+    /// What all ended runs together may hold; past it the oldest go.
+    pub workflow_history_bytes: usize,
+    /// Threads making workflows' calls: calls in flight at once.
+    pub workflow_calls: usize,
     /// The pub-sub forwarder (`[pubsub]`).
     pub pubsub: PubsubSettings,
     /// Access control (`[auth]`): off by default.
@@ -312,11 +328,43 @@ impl Default for Settings {
             unsafe_no_fsync: false,
             changes_retained: 100_000,
             changes_retained_bytes: 64 * 1024 * 1024,
+            workflows_dir: String::new(),
+            workflow_listen: "tcp://127.0.0.1:*".to_string(),
+            max_running_runs: 1000,
+            workflow_runs_retained: 10_000,
+            workflow_runs_retained_days: 7,
+            workflow_run_bytes: 4 * 1024 * 1024,
+            workflow_history_bytes: 512 * 1024 * 1024,
+            workflow_calls: 32,
             pubsub: PubsubSettings::default(),
             auth: AuthSettings::default(),
             security: SecuritySettings::default(),
             cluster: None,
         }
+    }
+}
+
+/// The config file `load` reads for these overrides, if any.
+pub fn config_path(overrides: &Overrides) -> Option<PathBuf> {
+    match &overrides.config_file {
+        Some(path) => Some(path.clone()),
+        None => match std::env::var_os("PYCOMD_CONFIG").filter(|p| !p.is_empty()) {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.is_file()),
+        },
+    }
+}
+
+impl Settings {
+    /// The workflows directory, and whether it must exist (set, not the
+    /// default). `None`: no workflows.
+    pub fn workflows_dir(&self, overrides: &Overrides) -> Option<(PathBuf, bool)> {
+        if !self.workflows_dir.is_empty() {
+            return Some((PathBuf::from(&self.workflows_dir), true));
+        }
+        let config = config_path(overrides)?;
+        let dir = config.parent().unwrap_or(Path::new(".")).join("workflows.d");
+        Some((dir, false))
     }
 }
 
@@ -462,6 +510,18 @@ impl Settings {
         }
         if self.max_records == 0 {
             return Err("max_records must be at least 1".into());
+        }
+        if self.max_running_runs == 0 || self.workflow_calls == 0 || self.workflow_calls > 1024 {
+            return Err(format!(
+                "max_running_runs = {} must be at least 1, workflow_calls = {} 1 to 1024",
+                self.max_running_runs, self.workflow_calls
+            ));
+        }
+        if self.workflow_run_bytes < 1024 {
+            return Err(format!(
+                "workflow_run_bytes = {} is below the minimum of 1024",
+                self.workflow_run_bytes
+            ));
         }
         if self.listen_backlog <= 0 {
             return Err(format!(

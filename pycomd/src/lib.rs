@@ -32,6 +32,7 @@ pub mod registry;
 pub mod security;
 pub mod server;
 pub mod signals;
+pub mod workflow;
 
 use config::{Overrides, Settings};
 use log::local::{LocalLog, LocalSettings};
@@ -123,6 +124,13 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     };
     let mut own = vec![me];
     own.extend(pubsub.running().map(|p| p.record(&address)));
+    let engine =
+        workflow::start(&settings, &launch.overrides, &ctx, &|| mailbox.poster()).map_err(Failure::Start)?;
+    own.extend(
+        engine
+            .iter()
+            .flat_map(|e| e.hosted.iter().map(workflow::Hosted::record)),
+    );
     if policy.is_some() {
         own.push(Record {
             service: pycom_client::auth::SERVICE.into(),
@@ -215,8 +223,10 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         auth,
         next_token_sweep: Instant::now(),
         import,
+        workflow: engine,
     };
     server.probe_all();
+    server.resume_workflows();
 
     info!(
         endpoint = %address,

@@ -74,6 +74,8 @@ pub enum Event {
     },
     /// A password checked off the server thread.
     Verified(crate::auth::hasher::Verdict),
+    /// A workflow step's call came back.
+    WorkflowCalled(Box<crate::workflow::calls::Called>),
     Signal(Signal),
 }
 

@@ -28,6 +28,7 @@ use crate::notify;
 use crate::prober::ProbeCmd;
 use crate::pubsub;
 use crate::registry::{Applied, ChangeKind, Command, Record, Registry};
+use crate::workflow;
 use pycom_client::nameserver::INTERFACE;
 use pycom_client::proto::{self, DecodeError, Fault};
 use pycom_client::router::{self, Incoming, Outbox};
@@ -92,6 +93,8 @@ pub struct Server {
     pub next_token_sweep: Instant,
     /// A single node's registry being made this cluster's.
     pub import: Option<cluster::import::Import>,
+    /// The workflow engine, when pycomd hosts workflows.
+    pub workflow: Option<workflow::Engine>,
 }
 
 /// How the server stopped.
@@ -121,6 +124,10 @@ impl Server {
             self.expire(now);
             self.expire_tokens(now);
             self.import_step(now);
+            if let Some(engine) = &mut self.workflow {
+                let steps = engine.due(&self.registry, now);
+                self.workflow_steps(steps);
+            }
             if let Some(node) = &mut self.cluster {
                 node.relay.expire(now, &mut self.outbox);
                 for reply in self.log.overdue(now) {
@@ -135,11 +142,13 @@ impl Server {
                 }
             }
             let relay_due = self.cluster.as_ref().and_then(|n| n.relay.next_deadline());
+            let workflow_due = self.workflow.as_ref().and_then(|e| e.next_wakeup());
             let wait = self
                 .leases
                 .next_wakeup()
                 .into_iter()
                 .chain(relay_due)
+                .chain(workflow_due)
                 .min()
                 .map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
             // A cluster's writes time out: look at them often enough.
@@ -151,13 +160,23 @@ impl Server {
             let wait_ms = i64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(500);
             let serving = matches!(flow, Flow::Serve);
             let stalled;
-            let (mail, requests, relayed) = {
+            let (mail, requests, relayed, workflows) = {
                 let mut items = vec![self.mailbox.as_poll_item()];
                 if serving {
                     items.push(self.router.as_poll_item(zmq::POLLIN));
                 }
-                if let Some(item) = self.cluster.as_ref().and_then(|n| n.relay.as_poll_item()) {
-                    items.push(item);
+                let relaying = match self.cluster.as_ref().and_then(|n| n.relay.as_poll_item()) {
+                    Some(item) => {
+                        items.push(item);
+                        true
+                    }
+                    None => false,
+                };
+                let hosted_at = items.len();
+                if serving {
+                    if let Some(engine) = &self.workflow {
+                        items.extend(engine.hosted.iter().map(|h| h.socket.as_poll_item(zmq::POLLIN)));
+                    }
                 }
                 let polled = zmq::poll(&mut items, wait_ms);
                 stalled = Instant::now().duration_since(now) > wait + STALL;
@@ -171,10 +190,17 @@ impl Server {
                     }
                 }
                 let relay_at = if serving { 2 } else { 1 };
+                let workflows: Vec<usize> = items[hosted_at..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, item)| item.is_readable())
+                    .map(|(i, _)| i)
+                    .collect();
                 (
                     items[0].is_readable(),
                     serving && items[1].is_readable(),
-                    items.get(relay_at).is_some_and(|i| i.is_readable()),
+                    relaying && items.get(relay_at).is_some_and(|i| i.is_readable()),
+                    workflows,
                 )
             };
             // Before anything waiting is read: renewals sent during a stall
@@ -194,6 +220,11 @@ impl Server {
             }
             if requests && matches!(flow, Flow::Serve) {
                 self.serve_batch();
+            }
+            if matches!(flow, Flow::Serve) {
+                for i in workflows {
+                    self.serve_workflow(i);
+                }
             }
             let queued = self.outbox.len();
             let dropped = self.outbox.flush(&mut self.router);
@@ -326,6 +357,12 @@ impl Server {
         if request.interface == cluster::INTERFACE {
             return self.cluster_request(envelope, &request.method, request.args);
         }
+        if request.interface == pycom_client::workflow::ADMIN_INTERFACE {
+            let token = pycom_client::auth::token_in_raw(request.extensions)
+                .ok()
+                .flatten();
+            return self.workflow_admin(envelope, &caller, token, &request.method, request.args);
+        }
         if request.interface == pycom_client::pubsub::wire::INTERFACE {
             let body = match &self.pubsub {
                 pubsub::Started::Running(forwarder) => {
@@ -341,10 +378,11 @@ impl Server {
         }
         if request.interface != INTERFACE {
             let fault = Fault::not_found(format!(
-                "pycomd serves only {INTERFACE}, {}, {} and {}, not '{}': locate the service through it and call it directly",
+                "pycomd serves only {INTERFACE}, {}, {}, {} and {}, not '{}': locate the service through it and call it directly",
                 pycom_client::pubsub::wire::INTERFACE,
                 pycom_client::auth::INTERFACE,
                 cluster::INTERFACE,
+                pycom_client::workflow::ADMIN_INTERFACE,
                 request.interface
             ));
             return self.reply_fault(envelope, &fault);
@@ -524,6 +562,110 @@ impl Server {
         }
     }
 
+    /// What the workflow engine asked for: its proposals.
+    fn workflow_steps(&mut self, steps: Vec<workflow::Step>) {
+        for step in steps {
+            match step {
+                workflow::Step::Propose(command) => self.propose(Command::Run(Box::new(command)), None),
+            }
+        }
+    }
+
+    /// Requests waiting on workflow endpoint `i`: task calls start runs.
+    fn serve_workflow(&mut self, i: usize) {
+        let Some(engine) = &mut self.workflow else {
+            return;
+        };
+        let auth = &mut self.auth;
+        let state = self.registry.state();
+        let interface = engine
+            .hosted
+            .get(i)
+            .map(|h| h.def.interface.clone())
+            .unwrap_or_default();
+        let mut check = |token: Option<&str>| -> Result<Option<String>, Fault> {
+            let caller = auth::caller_with(auth.as_mut(), state, token)?;
+            let Some(a) = auth.as_mut() else {
+                return Ok(None);
+            };
+            if matches!(caller, auth::Caller::Anonymous) && !a.policy.anonymous_read {
+                a.stats.denied_reads += 1;
+                return Err(Fault::denied(format!(
+                    "an anonymous caller may not call workflow {interface}: log in"
+                )));
+            }
+            if !a.policy.may_call(&caller, &interface) {
+                a.stats.denied_reads += 1;
+                return Err(Fault::denied(format!(
+                    "{} may not call {interface}: no call grant covers it",
+                    caller.name()
+                )));
+            }
+            Ok(caller.owner().map(str::to_string))
+        };
+        let steps = engine.serve(i, &self.registry, &mut check);
+        self.workflow_steps(steps);
+    }
+
+    /// `org.pycom.workflow.admin`.
+    fn workflow_admin(
+        &mut self,
+        envelope: Vec<zmq::Message>,
+        caller: &auth::Caller,
+        token: Option<String>,
+        method: &str,
+        args: Option<&serde_json::value::RawValue>,
+    ) {
+        let writes = matches!(method, "start" | "cancel" | "redrive");
+        if writes && !matches!(caller, auth::Caller::Open) && !caller.is_admin() && method != "start" {
+            if let Some(a) = &mut self.auth {
+                a.stats.denied_admin += 1;
+            }
+            let fault = Fault::denied(format!(
+                "{} may not {method} runs: only the admin role may",
+                caller.name()
+            ));
+            return self.reply_fault(envelope, &fault);
+        }
+        let by = caller.name().to_string();
+        let principal = caller.owner().map(str::to_string);
+        let plan = workflow::admin::dispatch(
+            self.workflow.as_mut(),
+            &self.registry,
+            method,
+            args,
+            &by,
+            token,
+            principal,
+        );
+        use workflow::admin::Plan;
+        match plan {
+            Plan::Reply(Ok(value)) => self.outbox.push(
+                envelope,
+                proto::STATUS_OK,
+                proto::encode_response(Ok(&value), None),
+            ),
+            Plan::Reply(Err(fault)) => self.reply_fault(envelope, &fault),
+            Plan::Write(workflow::Step::Propose(command))
+            | Plan::Started(_, Some(workflow::Step::Propose(command))) => {
+                self.propose(Command::Run(Box::new(command)), Some(ReplyTo::to(envelope)))
+            }
+            Plan::Started(run_id, None) => self.outbox.push(
+                envelope,
+                proto::STATUS_OK,
+                proto::encode_response(Ok(&serde_json::json!({"run_id": run_id})), None),
+            ),
+        }
+    }
+
+    /// After a restart: runs go on from what the log says.
+    pub fn resume_workflows(&mut self) {
+        if let Some(engine) = &mut self.workflow {
+            let steps = engine.resume(&self.registry, Instant::now());
+            self.workflow_steps(steps);
+        }
+    }
+
     /// Forget tokens that expired (where leases are kept: one node writes it).
     fn expire_tokens(&mut self, now: Instant) {
         if self.auth.is_none() || !self.keeps_leases() || now < self.next_token_sweep {
@@ -608,6 +750,9 @@ impl Server {
     }
 
     fn not_written_as(&mut self, proposal: Proposal, fault: &Fault, outcome: Option<cluster::Outcome>) {
+        if let (Command::Run(run), Some(engine)) = (&proposal.command, &mut self.workflow) {
+            engine.not_written((**run).clone(), fault);
+        }
         match (&proposal.command, proposal.reply) {
             (_, Some(reply)) => match outcome {
                 Some(outcome) => {
@@ -635,6 +780,8 @@ impl Server {
                 command = proposal.command.name(),
                 "an imported record was not written yet: {}", fault.message
             ),
+            // The engine tries it again.
+            (Command::Run(_), None) => {}
             (command, None) => warn!(
                 command = command.name(),
                 "a write was not made: {}", fault.message
@@ -782,6 +929,12 @@ impl Server {
                     }
                 }
                 Event::Verified(verdict) => self.verified(verdict),
+                Event::WorkflowCalled(called) => {
+                    if let Some(engine) = &mut self.workflow {
+                        let steps = engine.called(*called, &self.registry);
+                        self.workflow_steps(steps);
+                    }
+                }
                 Event::Signal(Signal::Reload) => self.reload(),
                 Event::Signal(Signal::Stop(name)) => {
                     if matches!(flow, Flow::Serve) {
@@ -857,6 +1010,26 @@ impl Server {
                 "refused when applied: {}",
                 fault.message
             );
+        }
+        if let (Command::Run(run), Some(engine)) = (&command, &mut self.workflow) {
+            let run_result = result.as_ref().map(|_| ()).map_err(Clone::clone);
+            let mut steps = engine.applied(run, &run_result, &self.registry, now);
+            if matches!(
+                **run,
+                crate::registry::runs::RunCommand::StepEnd { .. }
+                    | crate::registry::runs::RunCommand::End { .. }
+            ) {
+                steps.extend(engine.over_retention(&self.registry));
+            }
+            if let Some(reply) = reply {
+                if result.is_err() {
+                    self.stats.faults += 1;
+                }
+                let body = workflow::admin::written(run, &run_result);
+                self.outbox.push(reply.envelope, proto::STATUS_OK, body);
+            }
+            self.workflow_steps(steps);
+            return;
         }
         if let Some(reply) = reply {
             if result.is_err() {

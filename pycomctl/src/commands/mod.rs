@@ -5,6 +5,7 @@ mod call;
 mod cluster;
 mod pubsub;
 mod registry;
+mod workflow;
 
 use crate::endpoint::{self, Probe};
 use crate::token::{self, Source};
@@ -196,6 +197,13 @@ fn dispatch(cli: &Cli, ctx: &Context, token: Option<&Source>) -> Result<(), Fail
             command: AuthCommand::Passwd { user, password_stdin },
         } => auth::passwd(user, *password_stdin),
         Command::Stat => registry::stat(cli, &mut ns),
+        Command::Workflows => workflow::list(cli, ctx),
+        Command::Runs {
+            workflow,
+            state,
+            limit,
+        } => workflow::runs(cli, ctx, workflow, state, *limit),
+        Command::Run { command } => workflow::run(cli, ctx, command),
         Command::Cluster {
             command: crate::ClusterCommand::Status,
         } => cluster::status(cli, &mut ns),

@@ -183,11 +183,24 @@ pub fn caller(
     let Some(auth) = auth else {
         return Ok(Caller::Open);
     };
-    match pycom_client::auth::token_ref(extensions).map_err(Fault::bad_request)? {
+    let token = pycom_client::auth::token_ref(extensions).map_err(Fault::bad_request)?;
+    caller_with(Some(auth), state, token.as_deref())
+}
+
+/// [`caller`] for a token already taken out of the extensions.
+pub fn caller_with(
+    auth: Option<&mut methods::Auth>,
+    state: &State,
+    token: Option<&str>,
+) -> Result<Caller, Fault> {
+    let Some(auth) = auth else {
+        return Ok(Caller::Open);
+    };
+    match token {
         None => Ok(Caller::Anonymous),
         Some(token) => auth
             .principals
-            .get(&auth.policy, state, &token, unix_ms())
+            .get(&auth.policy, state, token, unix_ms())
             .map(Caller::User),
     }
 }

@@ -10,6 +10,7 @@
 
 use super::wal::sync_dir;
 use super::LogId;
+use crate::registry::runs::Run;
 use crate::registry::tokens::Token;
 use crate::registry::{Record, State};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ pub struct SnapshotData {
     /// Live logins (none in snapshots from before access control).
     #[serde(default)]
     pub tokens: Vec<Token>,
+    /// Workflow runs (none in snapshots from before workflows).
+    #[serde(default)]
+    pub runs: Vec<Run>,
 }
 
 /// The state as of one entry, taken by the server in a blink: the records
@@ -40,6 +44,8 @@ pub struct Snapshot {
     pub revision: u64,
     pub records: Vec<Arc<Record>>,
     pub tokens: Vec<Arc<Token>>,
+    /// Runs are copied: there are few, and they change in place.
+    pub runs: Vec<Run>,
 }
 
 impl Snapshot {
@@ -49,6 +55,7 @@ impl Snapshot {
             revision: state.revision(),
             records: state.shared().cloned().collect(),
             tokens: state.tokens().shared().cloned().collect(),
+            runs: state.runs().shared().cloned().collect(),
         }
     }
 }
@@ -60,12 +67,13 @@ struct SnapshotRef<'a> {
     revision: u64,
     records: &'a [Arc<Record>],
     tokens: &'a [Arc<Token>],
+    runs: &'a [Run],
 }
 
 impl SnapshotData {
     pub fn into_state(self) -> (State, LogId) {
         (
-            State::from_parts(self.revision, self.records, self.tokens),
+            State::from_parts(self.revision, self.records, self.tokens, self.runs),
             self.last,
         )
     }
@@ -90,6 +98,7 @@ impl Snapshot {
             revision: self.revision,
             records: &self.records,
             tokens: &self.tokens,
+            runs: &self.runs,
         };
         serde_json::to_vec(&data).map_err(io::Error::other)
     }

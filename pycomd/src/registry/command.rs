@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Register or re-register `service` at `address`.
@@ -58,6 +58,8 @@ pub enum Command {
     Logout { token_sha256: String },
     /// Tokens that expired by `now_ms` are forgotten.
     ExpireTokens { now_ms: u64 },
+    /// A workflow run's start, step, end (`registry::runs`).
+    Run(Box<super::runs::RunCommand>),
 }
 
 impl Command {
@@ -71,6 +73,13 @@ impl Command {
             Command::Login { .. } => "login",
             Command::Logout { .. } => "logout",
             Command::ExpireTokens { .. } => "expire_tokens",
+            Command::Run(run) => match **run {
+                super::runs::RunCommand::Start { .. } => "run_start",
+                super::runs::RunCommand::StepEnd { .. } => "run_step_end",
+                super::runs::RunCommand::End { .. } => "run_end",
+                super::runs::RunCommand::Redrive { .. } => "run_redrive",
+                super::runs::RunCommand::Forget { .. } => "runs_forget",
+            },
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod command;
 pub mod history;
 mod index;
 pub mod record;
+pub mod runs;
 pub mod tokens;
 
 use ahash::RandomState;
@@ -45,6 +46,8 @@ pub struct State {
     bytes: usize,
     /// Live logins (access control), by their tokens' SHA-256.
     tokens: tokens::Tokens,
+    /// Workflow runs, running and ended.
+    runs: runs::Runs,
 }
 
 /// What a change did, for events and for whatever keeps derived data.
@@ -98,13 +101,20 @@ pub enum Applied {
     LoggedOut(bool),
     /// Expired tokens forgotten.
     TokensExpired(Vec<tokens::Digest>),
+    /// A workflow run changed (or, for `Forget`, runs were forgotten).
+    Run,
 }
 
 pub type Outcome = (Result<Applied, Fault>, Vec<Change>);
 
 impl State {
     /// The state a snapshot holds.
-    pub fn from_parts(revision: u64, records: Vec<Record>, tokens: Vec<tokens::Token>) -> State {
+    pub fn from_parts(
+        revision: u64,
+        records: Vec<Record>,
+        tokens: Vec<tokens::Token>,
+        runs: Vec<runs::Run>,
+    ) -> State {
         let mut map = Map::with_capacity_and_hasher(records.len(), RandomState::new());
         let mut bytes = 0;
         for r in records {
@@ -116,7 +126,13 @@ impl State {
             records: map,
             bytes,
             tokens: tokens::Tokens::from_parts(tokens),
+            runs: runs::Runs::from_parts(runs),
         }
+    }
+
+    /// Workflow runs.
+    pub fn runs(&self) -> &runs::Runs {
+        &self.runs
     }
 
     /// Live logins.
@@ -288,6 +304,8 @@ impl State {
                 Ok(Applied::TokensExpired(self.tokens.expire(*now_ms))),
                 Vec::new(),
             ),
+            // Runs are not registry events either.
+            Command::Run(run) => (self.runs.apply(run).map(|()| Applied::Run), Vec::new()),
         }
     }
 

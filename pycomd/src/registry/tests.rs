@@ -200,6 +200,6 @@ fn the_state_counts_its_records_bytes() {
         admin: false,
     });
     assert_eq!(s.bytes(), 0);
-    let rebuilt = State::from_parts(0, vec![], vec![]);
+    let rebuilt = State::from_parts(0, vec![], vec![], vec![]);
     assert_eq!(rebuilt.bytes(), 0);
 }

@@ -1,0 +1,1328 @@
+//! Workflows: chains of calls to services, hosted by pycomd as services
+//! of their own (PROTOCOL.md 8).
+//!
+//! Each workflow ([`definition`]) gets a ROUTER endpoint, polled by the
+//! server thread, and a record under its service path; each task is a
+//! method. A call starts a run and is answered when the run ends.
+//!
+//! A run is state like any other ([`crate::registry::runs`]): its start,
+//! each step's scheduling and each step's outcome are commands in the log,
+//! durable before the next step is called. The [`Engine`] decides (what to
+//! schedule, whether to retry, compensate or end) and proposes; it acts
+//! only on what the log hands back applied, so after a crash it picks up
+//! exactly where the disk says: in-flight steps are called again with the
+//! same idempotency key, or, marked `"idempotent": false`, end the run
+//! `interrupted`. Calls go out on the [`calls`] pool; one proposal per run
+//! is in the log at a time, so decisions never race each other.
+
+pub mod admin;
+pub mod calls;
+pub mod definition;
+pub mod template;
+
+use crate::registry::runs::{self, At, Failure, Finish, Run, RunCommand, RunState, Schedule, StepOutcome};
+use crate::registry::{Record, Registry};
+use definition::{Call, Definition, Task};
+use pycom_client::proto::{self, Code, DecodeError, Fault, Request};
+use pycom_client::router;
+use serde_json::{json, Value};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Requests read from one workflow endpoint per turn.
+const BATCH: usize = 64;
+/// How often retention is looked at.
+const SWEEP: Duration = Duration::from_secs(60);
+/// A proposal the log refused is tried again after this long.
+const REPROPOSE: Duration = Duration::from_millis(500);
+
+/// What the engine is bounded by (settings).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_running: usize,
+    pub retained: usize,
+    pub retained_ms: u64,
+    pub run_bytes: usize,
+    pub history_bytes: usize,
+    pub max_message_bytes: usize,
+}
+
+/// One hosted workflow.
+pub struct Hosted {
+    pub def: Definition,
+    pub socket: zmq::Socket,
+    pub address: String,
+}
+
+impl Hosted {
+    /// Its record: pycomd's own, not logged.
+    pub fn record(&self) -> Record {
+        let mut interfaces = vec![pycom_client::workflow::INTERFACE.to_string()];
+        if self.def.interface != pycom_client::workflow::INTERFACE {
+            interfaces.push(self.def.interface.clone());
+        }
+        interfaces.sort();
+        Record {
+            service: self.def.service.as_str().into(),
+            address: self.address.clone(),
+            interfaces,
+            metadata: [("workflow".to_string(), "true".to_string())].into(),
+            ttl_ms: None,
+            revision: 0,
+            owner: None,
+        }
+    }
+}
+
+/// Who waits for a run's end on a workflow endpoint.
+struct Waiter {
+    endpoint: usize,
+    envelope: Vec<zmq::Message>,
+}
+
+/// Counters for `stat`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub calls: u64,
+    pub retries: u64,
+    pub refused: u64,
+}
+
+pub struct Engine {
+    pub hosted: Vec<Hosted>,
+    pool: calls::Pool,
+    limits: Limits,
+    waiters: HashMap<Arc<str>, Vec<Waiter>>,
+    /// Tokens runs' calls carry (kept in memory only: tokens are never
+    /// written to disk).
+    tokens: HashMap<Arc<str>, String>,
+    /// The caller's attachments, for the first step.
+    attachments_in: HashMap<Arc<str>, Arc<Vec<Vec<u8>>>>,
+    /// The last step's attachments, for the caller.
+    attachments_out: HashMap<Arc<str>, Vec<Vec<u8>>>,
+    /// Attempts handed to the pool (or waiting for their time).
+    dispatched: HashSet<(Arc<str>, At, u32)>,
+    timers: BinaryHeap<Timer>,
+    /// Runs with a proposal in the log: their next decision waits.
+    pending: HashSet<Arc<str>>,
+    queued: HashMap<Arc<str>, VecDeque<calls::Called>>,
+    /// Proposals the log refused, to try again.
+    retry: Vec<(Instant, RunCommand)>,
+    /// Attempts that failed before a call was made (no provider, bad
+    /// args), decided on the server's next turn like a call's result.
+    ready: Vec<calls::Called>,
+    next_sweep: Instant,
+    turn: usize,
+    pub stats: Stats,
+}
+
+/// An attempt waiting for its backoff to end.
+type Timer = Reverse<(Instant, Arc<str>, At, u32)>;
+/// Access control's answer for a task's caller: its principal, if any.
+pub type Check<'a> = dyn FnMut(Option<&str>) -> Result<Option<String>, Fault> + 'a;
+
+/// What the server is to do for the engine.
+pub enum Step {
+    Propose(RunCommand),
+}
+
+impl Engine {
+    pub fn new(hosted: Vec<Hosted>, pool: calls::Pool, limits: Limits) -> Engine {
+        Engine {
+            hosted,
+            pool,
+            limits,
+            waiters: HashMap::new(),
+            tokens: HashMap::new(),
+            attachments_in: HashMap::new(),
+            attachments_out: HashMap::new(),
+            dispatched: HashSet::new(),
+            timers: BinaryHeap::new(),
+            pending: HashSet::new(),
+            queued: HashMap::new(),
+            retry: Vec::new(),
+            ready: Vec::new(),
+            next_sweep: Instant::now() + SWEEP,
+            turn: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn definition(&self, service: &str) -> Option<&Definition> {
+        self.hosted.iter().map(|h| &h.def).find(|d| d.service == service)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// When the engine next has something to do by itself.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if !self.ready.is_empty() {
+            return Some(Instant::now());
+        }
+        let timer = self.timers.peek().map(|Reverse((t, ..))| *t);
+        let retry = self.retry.iter().map(|(t, _)| *t).min();
+        [timer, retry, Some(self.next_sweep)].into_iter().flatten().min()
+    }
+
+    /// After a restart: every running run goes on from what the log says.
+    pub fn resume(&mut self, registry: &Registry, now: Instant) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let runs: Vec<Run> = registry.state().runs().active().cloned().collect();
+        for run in runs {
+            let stuck = run.in_flight().find_map(|a| {
+                let call = call_at(&run.task, a.at)?;
+                (!call.idempotent && !a.at.compensate).then(|| call.name.clone())
+            });
+            if let Some(name) = stuck {
+                warn!(run = %run.id, step = %name, "a step that is not idempotent was in flight: the run ends interrupted");
+                steps.push(self.propose(RunCommand::End {
+                    run_id: run.id.to_string(),
+                    at_ms: crate::auth::unix_ms(),
+                    finish: Finish {
+                        state: RunState::Interrupted,
+                        result: None,
+                        code: Some(Code::Unavailable.as_number()),
+                        error: Some(format!(
+                            "step '{name}' was in flight when pycomd stopped and is marked \"idempotent\": false, so it is not called again; redrive the run to call it"
+                        )),
+                    },
+                }));
+                continue;
+            }
+            info!(run = %run.id, workflow = %run.workflow, "resuming a run");
+            self.dispatch_run(&run, registry, now);
+        }
+        steps
+    }
+
+    /// Requests on workflow endpoint `i`.
+    pub fn serve(&mut self, i: usize, registry: &Registry, check: &mut Check) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for _ in 0..BATCH {
+            let incoming = match router::recv(&self.hosted[i].socket, self.limits.max_message_bytes) {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("workflow {}: receive failed: {e}", self.hosted[i].def.service);
+                    break;
+                }
+            };
+            if let Some(step) = self.request(i, incoming, registry, check) {
+                steps.push(step);
+            }
+        }
+        steps
+    }
+
+    fn request(
+        &mut self,
+        i: usize,
+        incoming: router::Incoming,
+        registry: &Registry,
+        check: &mut Check,
+    ) -> Option<Step> {
+        let router::Incoming {
+            envelope,
+            parts,
+            oversize,
+            ..
+        } = incoming;
+        if let Some(size) = oversize {
+            let fault = Fault::bad_request(format!(
+                "request of {size} bytes exceeds max_message_bytes = {}",
+                self.limits.max_message_bytes
+            ));
+            self.reply_fault(i, envelope, &fault);
+            return None;
+        }
+        let request = match proto::decode_call(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..])) {
+            Ok(r) => r,
+            Err(DecodeError::Framing(message)) => {
+                router::send(
+                    &self.hosted[i].socket,
+                    &envelope,
+                    proto::STATUS_FAIL,
+                    message.as_bytes(),
+                );
+                return None;
+            }
+            Err(DecodeError::Body(message)) => {
+                self.reply_fault(i, envelope, &Fault::bad_request(message));
+                return None;
+            }
+        };
+        let def = &self.hosted[i].def;
+        if request.interface != def.interface && request.interface != pycom_client::workflow::INTERFACE {
+            let fault = Fault::not_found(format!(
+                "workflow {} serves {}, not '{}'",
+                def.service, def.interface, request.interface
+            ));
+            self.reply_fault(i, envelope, &fault);
+            return None;
+        }
+        if request.method == "introspect" {
+            let body = proto::encode_response(Ok(&introspection(def)), None);
+            router::send(&self.hosted[i].socket, &envelope, proto::STATUS_OK, &body);
+            return None;
+        }
+        let Some(task) = def.tasks.get(&*request.method).cloned() else {
+            let fault = Fault::new(
+                Code::MethodNotFound,
+                format!(
+                    "workflow {} has no task '{}'; its tasks: {}",
+                    def.service,
+                    request.method,
+                    def.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            self.reply_fault(i, envelope, &fault);
+            return None;
+        };
+        let args: Value = match request.args {
+            Some(raw) => match serde_json::from_str(raw.get()) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.reply_fault(i, envelope, &Fault::bad_request(format!("args: {e}")));
+                    return None;
+                }
+            },
+            None => Value::Null,
+        };
+        let chosen = match chosen_run_id(request.extensions) {
+            Ok(id) => id,
+            Err(e) => {
+                self.reply_fault(i, envelope, &Fault::bad_request(e));
+                return None;
+            }
+        };
+        let token = pycom_client::auth::token_in_raw(request.extensions)
+            .ok()
+            .flatten();
+        let principal = match check(token.as_deref()) {
+            Ok(p) => p,
+            Err(fault) => {
+                self.reply_fault(i, envelope, &fault);
+                return None;
+            }
+        };
+        let (service, task_name) = (def.service.clone(), request.method.to_string());
+        let attachments: Vec<Vec<u8>> = parts.iter().skip(2).map(|m| m.to_vec()).collect();
+        let waiter = Waiter {
+            endpoint: i,
+            envelope,
+        };
+        match self.start(
+            registry,
+            service,
+            task_name,
+            task,
+            args,
+            chosen,
+            token,
+            principal,
+            attachments,
+        ) {
+            Ok((run_id, step)) => {
+                self.waiters.entry(run_id.clone()).or_default().push(waiter);
+                // A run that ended already answers at once.
+                if let Some(run) = registry.state().runs().get(&run_id) {
+                    if run.state != RunState::Running && !self.pending.contains(&run_id) {
+                        self.answer(&run_id, run);
+                    }
+                }
+                step
+            }
+            Err(fault) => {
+                self.reply_fault(waiter.endpoint, waiter.envelope, &fault);
+                None
+            }
+        }
+    }
+
+    /// Start a run (or join the one of that id). Returns its id and the
+    /// proposal to make, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        &mut self,
+        registry: &Registry,
+        workflow: String,
+        task_name: String,
+        task: Arc<Task>,
+        input: Value,
+        chosen: Option<String>,
+        token: Option<String>,
+        principal: Option<String>,
+        attachments: Vec<Vec<u8>>,
+    ) -> Result<(Arc<str>, Option<Step>), Fault> {
+        let runs = registry.state().runs();
+        if let Some(id) = &chosen {
+            if let Some(run) = runs.get(id) {
+                if run.workflow != workflow || run.task_name != task_name {
+                    return Err(Fault::bad_request(format!(
+                        "run {id} is a run of {} task {}, not of {workflow} task {task_name}",
+                        run.workflow, run.task_name
+                    )));
+                }
+                return Ok((run.id.clone(), None));
+            }
+            if self.pending.contains(id.as_str()) {
+                return Ok((Arc::from(id.as_str()), None));
+            }
+        }
+        let starting = self.pending.iter().filter(|id| runs.get(id).is_none()).count();
+        if runs.running() + starting >= self.limits.max_running {
+            self.stats.refused += 1;
+            warn!(
+                max_running_runs = self.limits.max_running,
+                "a run was refused: too many running"
+            );
+            return Err(Fault::unavailable(format!(
+                "{} runs are running already (max_running_runs): retry when some have ended",
+                self.limits.max_running
+            )));
+        }
+        let input_bytes = runs::json_len(&input);
+        if input_bytes > self.limits.run_bytes {
+            return Err(Fault::bad_request(format!(
+                "the task's args are {input_bytes} bytes, more than a run may hold (workflow_run_bytes = {})",
+                self.limits.run_bytes
+            )));
+        }
+        let run_id: Arc<str> = Arc::from(
+            chosen
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+                .as_str(),
+        );
+        let now_ms = crate::auth::unix_ms();
+        let schedule = first_calls(&task, 0, now_ms);
+        if let Some(token) = token {
+            self.tokens.insert(run_id.clone(), token);
+        }
+        if !attachments.is_empty() {
+            self.attachments_in.insert(run_id.clone(), Arc::new(attachments));
+        }
+        self.stats.started += 1;
+        let command = RunCommand::Start {
+            run_id: run_id.to_string(),
+            workflow,
+            task_name,
+            task,
+            input,
+            at_ms: now_ms,
+            principal,
+            schedule,
+            max_running: self.limits.max_running,
+        };
+        Ok((run_id, Some(self.propose(command))))
+    }
+
+    fn propose(&mut self, command: RunCommand) -> Step {
+        if let Some(id) = command.run_id() {
+            self.pending.insert(Arc::from(id));
+        }
+        Step::Propose(command)
+    }
+
+    /// A run command is applied (`result`): call what it scheduled, answer
+    /// who waits if it ended, and take the next decision queued meanwhile.
+    pub fn applied(
+        &mut self,
+        command: &RunCommand,
+        result: &Result<(), Fault>,
+        registry: &Registry,
+        now: Instant,
+    ) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let Some(id) = command.run_id() else {
+            return steps;
+        };
+        let id: Arc<str> = Arc::from(id);
+        self.pending.remove(&id);
+        let run = registry.state().runs().get(&id);
+        match (result, run) {
+            (Err(fault), None) => {
+                // A start refused when applied: nothing runs.
+                self.forget(&id);
+                for w in self.waiters.remove(&id).unwrap_or_default() {
+                    self.reply_fault(w.endpoint, w.envelope, fault);
+                }
+            }
+            (_, Some(run)) if run.state == RunState::Running => {
+                self.dispatch_run(run, registry, now);
+            }
+            (_, Some(run)) => {
+                if matches!(command, RunCommand::StepEnd { .. } | RunCommand::End { .. }) && result.is_ok() {
+                    match run.state {
+                        RunState::Succeeded => self.stats.succeeded += 1,
+                        _ => self.stats.failed += 1,
+                    }
+                    info!(run = %run.id, workflow = %run.workflow, task = %run.task_name, state = run.state.name(), "run ended");
+                }
+                self.answer(&id, run);
+                self.forget(&id);
+            }
+            (Ok(()), None) => {}
+        }
+        // The next result of this run, held while the proposal was out.
+        if let Some(run) = registry.state().runs().get(&id) {
+            while !self.pending.contains(&id) {
+                let Some(called) = self.queued.get_mut(&id).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                steps.extend(self.decide(run, called));
+            }
+        }
+        if self.queued.get(&id).is_some_and(VecDeque::is_empty) {
+            self.queued.remove(&id);
+        }
+        steps
+    }
+
+    /// The log could not take a proposal: try it again shortly (a start is
+    /// answered with the fault instead).
+    pub fn not_written(&mut self, command: RunCommand, fault: &Fault) {
+        let Some(id) = command.run_id().map(Arc::<str>::from) else {
+            return;
+        };
+        if matches!(command, RunCommand::Start { .. }) {
+            self.pending.remove(&id);
+            self.forget(&id);
+            for w in self.waiters.remove(&id).unwrap_or_default() {
+                self.reply_fault(w.endpoint, w.envelope, fault);
+            }
+            return;
+        }
+        warn!(run = %id, "a run's step could not be written (trying again): {}", fault.message);
+        self.retry.push((Instant::now() + REPROPOSE, command));
+    }
+
+    /// A call came back.
+    pub fn called(&mut self, called: calls::Called, registry: &Registry) -> Vec<Step> {
+        self.stats.calls += 1;
+        debug!(run = %called.run_id, step = called.at.step, attempt = called.attempt, took_us = called.took.as_micros() as u64, "step called");
+        let id = called.run_id.clone();
+        self.dispatched.remove(&(id.clone(), called.at, called.attempt));
+        if self.pending.contains(&id) {
+            self.queued.entry(id).or_default().push_back(called);
+            return Vec::new();
+        }
+        match registry.state().runs().get(&id) {
+            Some(run) => self.decide(run, called),
+            None => Vec::new(),
+        }
+    }
+
+    /// What follows a call's outcome: the `StepEnd` that records it with
+    /// the decision (a retry, the next step, a compensation, the end).
+    fn decide(&mut self, run: &Run, called: calls::Called) -> Vec<Step> {
+        let calls::Called {
+            at,
+            attempt,
+            outcome,
+            attachments,
+            ..
+        } = called;
+        if run.state != RunState::Running || !run.in_flight().any(|a| a.at == at && a.attempt == attempt) {
+            return Vec::new();
+        }
+        let Some(call) = call_at(&run.task, at) else {
+            return Vec::new();
+        };
+        let now_ms = crate::auth::unix_ms();
+        let n = run.task.steps.len();
+        // A result the run may not hold is the step's failure.
+        let outcome = match outcome {
+            StepOutcome::Ok(v) if run.bytes + runs::json_len(&v) > self.limits.run_bytes => {
+                StepOutcome::Err {
+                    code: Code::BadRequest.as_number(),
+                    message: format!(
+                        "its result would make the run hold more than workflow_run_bytes = {}",
+                        self.limits.run_bytes
+                    ),
+                }
+            }
+            other => other,
+        };
+        let mut schedule = Vec::new();
+        let mut failure = None;
+        let mut finish = None;
+        match &outcome {
+            StepOutcome::Err { code, message } => {
+                let retryable = matches!(
+                    Code::from_number(*code),
+                    Some(Code::ServiceNotFound | Code::Unavailable)
+                );
+                if retryable && attempt < call.retry.max_attempts {
+                    let ceiling = call.retry.ceiling_ms(attempt);
+                    let wait = match ceiling {
+                        0 => 0,
+                        c => uuid::Uuid::new_v4().as_u64_pair().0 % (c + 1),
+                    };
+                    debug!(run = %run.id, step = %call.name, attempt, wait_ms = wait, "retrying a step: {message}");
+                    schedule.push(Schedule {
+                        at,
+                        attempt: attempt + 1,
+                        not_before_ms: now_ms + wait,
+                    });
+                } else if at.compensate {
+                    warn!(run = %run.id, step = %call.name, "a compensation failed: {message}");
+                    (schedule, finish) = next_compensation(run, at, now_ms, Some(&call.name));
+                } else if others_in_flight(run, at) {
+                    // The parallel step fails once its other branches end.
+                } else {
+                    let error = format!(
+                        "step '{}' ({} of {n}), attempt {attempt}: {message}",
+                        call.name,
+                        at.step + 1
+                    );
+                    (schedule, failure, finish) = fail(run, at, *code, error, now_ms);
+                }
+            }
+            StepOutcome::Ok(value) if at.compensate => {
+                let _ = value;
+                (schedule, finish) = next_compensation(run, at, now_ms, None);
+            }
+            StepOutcome::Ok(value) => {
+                let step = &run.task.steps[at.step as usize];
+                let branches = step.calls().len() as u16;
+                let last = |b: u16| run.last_attempt(At { branch: b, ..at });
+                let all_ok = (0..branches).all(|b| {
+                    b == at.branch || last(b).is_some_and(|a| matches!(a.outcome, Some(StepOutcome::Ok(_))))
+                });
+                let any_in_flight =
+                    (0..branches).any(|b| b != at.branch && last(b).is_some_and(|a| a.outcome.is_none()));
+                if all_ok {
+                    if (at.step as usize) + 1 < n {
+                        schedule = first_calls(&run.task, at.step + 1, now_ms);
+                    } else {
+                        let extra = Some((call.name.as_str(), value));
+                        let result = match &run.task.result {
+                            None => step_result(run, at.step as usize, extra).unwrap_or(Value::Null),
+                            Some(template) => {
+                                let prev = step_result(run, at.step as usize, extra).unwrap_or(Value::Null);
+                                let lookup = |name: &str| named_result(run, name, extra);
+                                match template::render(
+                                    template,
+                                    &template::Scope {
+                                        input: &run.input,
+                                        prev: &prev,
+                                        steps: &lookup,
+                                    },
+                                ) {
+                                    Ok(v) => v,
+                                    Err(e) => {
+                                        let error = format!("the task's result: {e}");
+                                        let (s, f, fin) =
+                                            fail(run, at, Code::BadRequest.as_number(), error, now_ms);
+                                        return self.end_step(
+                                            run,
+                                            at,
+                                            attempt,
+                                            outcome,
+                                            s,
+                                            f,
+                                            fin,
+                                            attachments,
+                                        );
+                                    }
+                                }
+                            }
+                        };
+                        finish = Some(Finish {
+                            state: RunState::Succeeded,
+                            result: Some(result),
+                            code: None,
+                            error: None,
+                        });
+                    }
+                } else if !any_in_flight {
+                    // Another branch failed; this was the last to end.
+                    let failed = (0..branches).find_map(|b| {
+                        let a = last(b)?;
+                        match &a.outcome {
+                            Some(StepOutcome::Err { code, message }) => {
+                                Some((b, a.attempt, *code, message.clone()))
+                            }
+                            _ => None,
+                        }
+                    });
+                    if let Some((b, tried, code, message)) = failed {
+                        let failed_at = At { branch: b, ..at };
+                        let name = call_at(&run.task, failed_at)
+                            .map(|c| c.name.clone())
+                            .unwrap_or_default();
+                        let error = format!(
+                            "step '{name}' ({} of {n}), attempt {tried}: {message}",
+                            at.step + 1
+                        );
+                        // This call's own result counts as completed: it is compensated too.
+                        let mut with_this = run.clone();
+                        with_this.results.insert(call.name.clone(), value.clone());
+                        (schedule, failure, finish) = fail(&with_this, failed_at, code, error, now_ms);
+                    }
+                }
+            }
+        }
+        self.end_step(run, at, attempt, outcome, schedule, failure, finish, attachments)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn end_step(
+        &mut self,
+        run: &Run,
+        at: At,
+        attempt: u32,
+        outcome: StepOutcome,
+        schedule: Vec<Schedule>,
+        failure: Option<Failure>,
+        finish: Option<Finish>,
+        attachments: Vec<Vec<u8>>,
+    ) -> Vec<Step> {
+        if finish.as_ref().is_some_and(|f| f.state == RunState::Succeeded) && !attachments.is_empty() {
+            self.attachments_out.insert(run.id.clone(), attachments);
+        }
+        vec![self.propose(RunCommand::StepEnd {
+            run_id: run.id.to_string(),
+            at,
+            attempt,
+            at_ms: crate::auth::unix_ms(),
+            outcome,
+            schedule,
+            failure,
+            finish,
+        })]
+    }
+
+    /// Timers: attempts whose backoff ended, proposals to try again, and
+    /// retention.
+    pub fn due(&mut self, registry: &Registry, now: Instant) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for called in std::mem::take(&mut self.ready) {
+            steps.extend(self.called(called, registry));
+        }
+        while let Some(Reverse((t, ..))) = self.timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, id, at, attempt))) = self.timers.pop() else {
+                break;
+            };
+            let Some(run) = registry.state().runs().get(&id) else {
+                continue;
+            };
+            if run.state == RunState::Running {
+                self.call(run, at, attempt, registry);
+            }
+        }
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.retry = later;
+        for (_, command) in ready {
+            steps.push(self.propose(command));
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP;
+            let runs = registry.state().runs();
+            let before_ms = crate::auth::unix_ms().saturating_sub(self.limits.retained_ms);
+            let over = runs.ended() > self.limits.retained
+                || runs.ended_bytes() > self.limits.history_bytes
+                || runs.oldest_end().is_some_and(|t| t < before_ms);
+            if over {
+                steps.push(Step::Propose(RunCommand::Forget {
+                    before_ms,
+                    keep: self.limits.retained,
+                    max_bytes: self.limits.history_bytes,
+                }));
+            }
+        }
+        steps
+    }
+
+    /// Retention right after a run ends, when over a count or byte bound.
+    pub fn over_retention(&mut self, registry: &Registry) -> Option<Step> {
+        let runs = registry.state().runs();
+        (runs.ended() > self.limits.retained || runs.ended_bytes() > self.limits.history_bytes).then_some(
+            Step::Propose(RunCommand::Forget {
+                before_ms: 0,
+                keep: self.limits.retained,
+                max_bytes: self.limits.history_bytes,
+            }),
+        )
+    }
+
+    /// Cancel a running run.
+    pub fn cancel(&mut self, run: &Run, by: &str) -> Step {
+        self.propose(RunCommand::End {
+            run_id: run.id.to_string(),
+            at_ms: crate::auth::unix_ms(),
+            finish: Finish {
+                state: RunState::Cancelled,
+                result: None,
+                code: Some(Code::Unavailable.as_number()),
+                error: Some(format!("cancelled by {by}")),
+            },
+        })
+    }
+
+    /// Redrive a failed or interrupted run from the step that failed.
+    pub fn redrive(&mut self, run: &Run) -> Result<Step, Fault> {
+        if !matches!(run.state, RunState::Failed | RunState::Interrupted) {
+            return Err(Fault::bad_request(format!(
+                "run {} is {}: only a failed or interrupted run can be redriven",
+                run.id,
+                run.state.name()
+            )));
+        }
+        if run.attempts.iter().any(|a| a.at.compensate) {
+            return Err(Fault::bad_request(format!(
+                "run {}: its completed steps were compensated already; start a new run instead",
+                run.id
+            )));
+        }
+        // The first step not completed: where it stopped.
+        let step = (0..run.task.steps.len())
+            .find(|&s| !step_done(run, s as u16))
+            .unwrap_or(run.task.steps.len().saturating_sub(1)) as u16;
+        let now_ms = crate::auth::unix_ms();
+        let schedule = run.task.steps[step as usize]
+            .calls()
+            .iter()
+            .enumerate()
+            .filter(|(b, c)| !run.results.contains_key(&c.name) || *b == usize::MAX)
+            .map(|(b, _)| {
+                let at = At {
+                    step,
+                    branch: b as u16,
+                    compensate: false,
+                };
+                let attempt = run.last_attempt(at).map_or(0, |a| a.attempt) + 1;
+                Schedule {
+                    at,
+                    attempt,
+                    not_before_ms: now_ms,
+                }
+            })
+            .collect();
+        Ok(self.propose(RunCommand::Redrive {
+            run_id: run.id.to_string(),
+            at_ms: now_ms,
+            schedule,
+            max_running: self.limits.max_running,
+        }))
+    }
+
+    /// Send what the endpoints have queued: replies go out as they are made.
+    fn reply_fault(&self, endpoint: usize, envelope: Vec<zmq::Message>, fault: &Fault) {
+        if let Some(h) = self.hosted.get(endpoint) {
+            router::send(
+                &h.socket,
+                &envelope,
+                proto::STATUS_OK,
+                &proto::encode_fault(fault, None),
+            );
+        }
+    }
+
+    /// Answer whoever waits for `run`, which ended.
+    fn answer(&mut self, id: &Arc<str>, run: &Run) {
+        let waiters = self.waiters.remove(id).unwrap_or_default();
+        let attachments = self.attachments_out.remove(id).unwrap_or_default();
+        for w in waiters {
+            let Some(h) = self.hosted.get(w.endpoint) else {
+                continue;
+            };
+            let finish = run.finish.as_ref();
+            match finish {
+                Some(Finish {
+                    state: RunState::Succeeded,
+                    result,
+                    ..
+                }) => {
+                    let body = proto::encode_response(Ok(result.as_ref().unwrap_or(&Value::Null)), None);
+                    let frames = w
+                        .envelope
+                        .iter()
+                        .map(|f| &f[..])
+                        .chain([proto::STATUS_OK, &body[..]])
+                        .chain(attachments.iter().map(Vec::as_slice));
+                    if let Err(e) = h.socket.send_multipart(frames, zmq::DONTWAIT) {
+                        debug!("a run's reply was dropped: {e}");
+                    }
+                }
+                _ => {
+                    let fault = fault_of(run);
+                    router::send(
+                        &h.socket,
+                        &w.envelope,
+                        proto::STATUS_OK,
+                        &proto::encode_fault(&fault, None),
+                    );
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &Arc<str>) {
+        self.tokens.remove(id);
+        self.attachments_in.remove(id);
+        self.queued.remove(id);
+        self.dispatched.retain(|(r, ..)| r != id);
+    }
+
+    /// Call every in-flight attempt of `run` not called yet (now, or when
+    /// its backoff ends).
+    fn dispatch_run(&mut self, run: &Run, registry: &Registry, now: Instant) {
+        let now_ms = crate::auth::unix_ms();
+        let todo: Vec<(At, u32, u64)> = run
+            .in_flight()
+            .filter(|a| !self.dispatched.contains(&(run.id.clone(), a.at, a.attempt)))
+            .map(|a| (a.at, a.attempt, a.not_before_ms))
+            .collect();
+        for (at, attempt, not_before_ms) in todo {
+            self.dispatched.insert((run.id.clone(), at, attempt));
+            if not_before_ms > now_ms {
+                let wait = Duration::from_millis(not_before_ms - now_ms);
+                self.timers
+                    .push(Reverse((now + wait, run.id.clone(), at, attempt)));
+            } else {
+                self.call(run, at, attempt, registry);
+            }
+        }
+    }
+
+    /// Hand one attempt to the pool: a provider located now, the args
+    /// rendered from the run's results.
+    fn call(&mut self, run: &Run, at: At, attempt: u32, registry: &Registry) {
+        let Some(call) = call_at(&run.task, at) else {
+            return;
+        };
+        let name = call.name.clone();
+        let outcome_now = |message: String, code: Code| calls::Called {
+            run_id: run.id.clone(),
+            at,
+            attempt,
+            outcome: StepOutcome::Err {
+                code: code.as_number(),
+                message,
+            },
+            attachments: Vec::new(),
+            took: Duration::ZERO,
+        };
+        let args = match render_args(run, at, call) {
+            Ok(args) => args,
+            Err(e) => {
+                let done = outcome_now(format!("args: {e}"), Code::BadRequest);
+                self.pool_result_now(done);
+                return;
+            }
+        };
+        let providers = registry.providers(&call.interface, call.service.as_deref(), |_| true);
+        if providers.is_empty() {
+            let where_ = call
+                .service
+                .as_deref()
+                .map(|s| format!(" at {s}"))
+                .unwrap_or_default();
+            let done = outcome_now(
+                format!("no live provider of {}{where_}", call.interface),
+                Code::ServiceNotFound,
+            );
+            self.pool_result_now(done);
+            return;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let address = providers[self.turn % providers.len()].address.clone();
+        let key = match run.redrives {
+            0 => format!("{}/{}", run.id, name),
+            n => format!("{}/{}/r{n}", run.id, name),
+        };
+        let mut request = Request::new(call.interface.clone(), call.method.clone(), args);
+        request.extensions.insert(
+            pycom_client::workflow::EXTENSION.into(),
+            json!(pycom_client::workflow::CallInfo {
+                run_id: run.id.to_string(),
+                step: name,
+                attempt,
+                idempotency_key: key,
+            }),
+        );
+        let attachments = match at.step == 0 && !at.compensate {
+            true => self.attachments_in.get(&run.id).cloned().unwrap_or_default(),
+            false => Arc::default(),
+        };
+        if attempt > 1 {
+            self.stats.retries += 1;
+        }
+        self.pool.submit(calls::Job {
+            run_id: run.id.clone(),
+            at,
+            attempt,
+            address,
+            request,
+            token: self.tokens.get(&run.id).cloned(),
+            attachments,
+            timeout: Duration::from_millis(call.timeout_ms),
+        });
+    }
+
+    /// An attempt that failed before any call: decided on the next turn,
+    /// like a call's result.
+    fn pool_result_now(&mut self, called: calls::Called) {
+        self.ready.push(called);
+    }
+}
+
+/// A call of the run failed for good at `at`: compensate the calls that
+/// completed, newest first, or end the run failed.
+fn fail(
+    run: &Run,
+    at: At,
+    code: i64,
+    error: String,
+    now_ms: u64,
+) -> (Vec<Schedule>, Option<Failure>, Option<Finish>) {
+    let failure = Failure { at, code, error };
+    match compensations(run).first() {
+        Some(&first) => (
+            vec![Schedule {
+                at: first,
+                attempt: 1,
+                not_before_ms: now_ms,
+            }],
+            Some(failure),
+            None,
+        ),
+        None => (
+            Vec::new(),
+            None,
+            Some(Finish {
+                state: RunState::Failed,
+                result: None,
+                code: Some(failure.code),
+                error: Some(failure.error),
+            }),
+        ),
+    }
+}
+
+/// The compensations a failure runs: for every completed call that has
+/// one, newest first.
+fn compensations(run: &Run) -> Vec<At> {
+    let mut out = Vec::new();
+    for (s, step) in run.task.steps.iter().enumerate().rev() {
+        for (b, call) in step.calls().iter().enumerate().rev() {
+            if call.compensate.is_some() && run.results.contains_key(&call.name) {
+                out.push(At {
+                    step: s as u16,
+                    branch: b as u16,
+                    compensate: true,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// After compensation `at` ended: the next one, or the run's end (failed,
+/// with the failure that started the compensations).
+fn next_compensation(
+    run: &Run,
+    at: At,
+    now_ms: u64,
+    failed: Option<&str>,
+) -> (Vec<Schedule>, Option<Finish>) {
+    let all = compensations(run);
+    let next = all.iter().skip_while(|c| **c != at).nth(1);
+    if let Some(&next) = next {
+        return (
+            vec![Schedule {
+                at: next,
+                attempt: 1,
+                not_before_ms: now_ms,
+            }],
+            None,
+        );
+    }
+    let mut errors: Vec<String> = run
+        .attempts
+        .iter()
+        .filter(|a| a.at.compensate)
+        .filter_map(|a| match (&a.outcome, call_at(&run.task, a.at)) {
+            (Some(StepOutcome::Err { .. }), Some(c))
+                if run.last_attempt(a.at).map(|l| l.attempt) == Some(a.attempt) =>
+            {
+                Some(c.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    if let Some(name) = failed {
+        errors.push(name.to_string());
+    }
+    let failure = run.failure.clone();
+    let mut error = failure.as_ref().map(|f| f.error.clone()).unwrap_or_default();
+    match errors.is_empty() {
+        true => error.push_str(" (completed steps compensated)"),
+        false => error.push_str(&format!(" (compensation failed: {})", errors.join(", "))),
+    }
+    (
+        Vec::new(),
+        Some(Finish {
+            state: RunState::Failed,
+            result: None,
+            code: Some(failure.map_or(Code::Unknown.as_number(), |f| f.code)),
+            error: Some(error),
+        }),
+    )
+}
+
+/// Whether another branch of `at`'s step is still in flight.
+fn others_in_flight(run: &Run, at: At) -> bool {
+    run.in_flight()
+        .any(|a| a.at.step == at.step && !a.at.compensate && a.at.branch != at.branch)
+}
+
+/// The call at `at` of `task`.
+pub fn call_at(task: &Task, at: At) -> Option<&Call> {
+    let call = task
+        .steps
+        .get(at.step as usize)?
+        .calls()
+        .get(at.branch as usize)?;
+    match at.compensate {
+        true => call.compensate.as_deref(),
+        false => Some(call),
+    }
+}
+
+fn first_calls(task: &Task, step: u16, now_ms: u64) -> Vec<Schedule> {
+    task.steps
+        .get(step as usize)
+        .map(|s| {
+            (0..s.calls().len())
+                .map(|b| Schedule {
+                    at: At {
+                        step,
+                        branch: b as u16,
+                        compensate: false,
+                    },
+                    attempt: 1,
+                    not_before_ms: now_ms,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether every call of step `s` succeeded.
+fn step_done(run: &Run, s: u16) -> bool {
+    run.task
+        .steps
+        .get(s as usize)
+        .is_some_and(|step| step.calls().iter().all(|c| run.results.contains_key(&c.name)))
+}
+
+/// The result of step `s`: its call's, or the list of its branches'.
+fn step_result(run: &Run, s: usize, extra: Option<(&str, &Value)>) -> Option<Value> {
+    let step = run.task.steps.get(s)?;
+    let get = |name: &str| match extra {
+        Some((n, v)) if n == name => Some(v.clone()),
+        _ => run.results.get(name).cloned(),
+    };
+    match step {
+        definition::Step::Call(c) => get(&c.name),
+        definition::Step::Parallel { branches, .. } => branches
+            .iter()
+            .map(|c| get(&c.name))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array),
+    }
+}
+
+/// What `$steps.<name>` is: a call's result, or a parallel step's list.
+fn named_result(run: &Run, name: &str, extra: Option<(&str, &Value)>) -> Option<Value> {
+    if let Some((n, v)) = extra {
+        if n == name {
+            return Some(v.clone());
+        }
+    }
+    if let Some(v) = run.results.get(name) {
+        return Some(v.clone());
+    }
+    let s = run.task.steps.iter().position(|s| s.name() == name)?;
+    step_result(run, s, extra)
+}
+
+fn render_args(run: &Run, at: At, call: &Call) -> Result<Value, String> {
+    let s = at.step as usize;
+    let prev = match at.compensate {
+        // A compensation's $prev: the result of the call it undoes.
+        true => call_at(
+            &run.task,
+            At {
+                compensate: false,
+                ..at
+            },
+        )
+        .and_then(|c| run.results.get(&c.name).cloned())
+        .unwrap_or(Value::Null),
+        false if s == 0 => run.input.clone(),
+        false => step_result(run, s - 1, None).unwrap_or(Value::Null),
+    };
+    let Some(args) = &call.args else {
+        return Ok(prev);
+    };
+    let lookup = |name: &str| named_result(run, name, None);
+    template::render(
+        args,
+        &template::Scope {
+            input: &run.input,
+            prev: &prev,
+            steps: &lookup,
+        },
+    )
+}
+
+/// The fault a run that did not succeed answers with.
+pub fn fault_of(run: &Run) -> Fault {
+    let finish = run.finish.as_ref();
+    let code = finish
+        .and_then(|f| f.code)
+        .and_then(Code::from_number)
+        .unwrap_or(Code::Unknown);
+    let code = if code == Code::Ok { Code::Unknown } else { code };
+    let error = finish
+        .and_then(|f| f.error.clone())
+        .unwrap_or_else(|| format!("run {} {}", run.id, run.state.name()));
+    Fault::new(code, format!("workflow {} run {}: {error}", run.workflow, run.id))
+}
+
+/// `introspect` of a workflow: one method per task, as PyCOM 0.4 and 0.6
+/// proxies read it.
+pub fn introspection(def: &Definition) -> Value {
+    let methods = def
+        .tasks
+        .iter()
+        .map(|(name, task)| {
+            let doc = match task.docstring.is_empty() {
+                true => format!("Runs {} step(s) of workflow {}.", task.steps.len(), def.service),
+                false => task.docstring.clone(),
+            };
+            (
+                name.clone(),
+                pycom_client::service::describe_method::<&str>(&[], &[], &[], (None, None), &doc),
+            )
+        })
+        .collect();
+    pycom_client::service::introspection(&def.interface, &def.docstring, &serde_json::Map::new(), methods)
+}
+
+/// `extensions["org.pycom.workflow"]["run_id"]` of a task's call, checked.
+fn chosen_run_id(extensions: Option<&serde_json::value::RawValue>) -> Result<Option<String>, String> {
+    let Some(raw) = extensions else {
+        return Ok(None);
+    };
+    let ext: BTreeMap<String, Value> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("extensions: {e}"))?;
+    let Some(v) = ext.get(pycom_client::workflow::EXTENSION) else {
+        return Ok(None);
+    };
+    match v.get("run_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) => {
+            pycom_client::workflow::check_run_id(id)?;
+            Ok(Some(id.clone()))
+        }
+        Some(other) => Err(format!(
+            "{}.run_id is a string, not {}",
+            pycom_client::workflow::EXTENSION,
+            proto::type_name(other)
+        )),
+    }
+}
+
+/// The engine for the definitions in the workflows directory, their
+/// endpoints bound; `None` when there are none.
+pub fn start(
+    settings: &crate::config::Settings,
+    overrides: &crate::config::Overrides,
+    zmq: &zmq::Context,
+    poster: &dyn Fn() -> Result<crate::mailbox::Poster, String>,
+) -> Result<Option<Engine>, String> {
+    let Some((dir, required)) = settings.workflows_dir(overrides) else {
+        return Ok(None);
+    };
+    let defs = definition::load_dir(&dir, required)?;
+    if defs.is_empty() {
+        return Ok(None);
+    }
+    if settings.cluster.is_some() {
+        return Err(format!(
+            "{} workflow definition(s) in {}, but a cluster member hosts no workflows yet: move them to a single pycomd, or set workflows_dir to an empty directory",
+            defs.len(),
+            dir.display()
+        ));
+    }
+    let mut hosted = Vec::with_capacity(defs.len());
+    for def in defs.into_values() {
+        hosted.push(bind(zmq, settings, def)?);
+    }
+    let posters = (0..settings.workflow_calls)
+        .map(|_| poster())
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool = calls::Pool::start(zmq, settings.workflow_calls, posters)?;
+    for h in &hosted {
+        info!(
+            workflow = %h.def.service,
+            address = %h.address,
+            tasks = ?h.def.tasks.keys().collect::<Vec<_>>(),
+            file = %h.def.file.display(),
+            "hosting a workflow"
+        );
+    }
+    Ok(Some(Engine::new(hosted, pool, limits(settings))))
+}
+
+fn limits(settings: &crate::config::Settings) -> Limits {
+    Limits {
+        max_running: settings.max_running_runs,
+        retained: settings.workflow_runs_retained,
+        retained_ms: settings
+            .workflow_runs_retained_days
+            .saturating_mul(24 * 3600 * 1000),
+        run_bytes: settings.workflow_run_bytes,
+        history_bytes: settings.workflow_history_bytes,
+        max_message_bytes: settings.max_message_bytes,
+    }
+}
+
+/// A workflow's endpoint.
+fn bind(zmq: &zmq::Context, settings: &crate::config::Settings, def: Definition) -> Result<Hosted, String> {
+    let fail = |e: zmq::Error| {
+        format!(
+            "workflow {}: cannot listen on {}: {e}",
+            def.service, settings.workflow_listen
+        )
+    };
+    let socket = zmq.socket(zmq::ROUTER).map_err(fail)?;
+    socket.set_rcvhwm(settings.high_water_mark).map_err(fail)?;
+    socket.set_sndhwm(settings.high_water_mark).map_err(fail)?;
+    socket.set_linger(0).map_err(fail)?;
+    socket.set_maxmsgsize(settings.frame_hard_cap()).map_err(fail)?;
+    socket.bind(&settings.workflow_listen).map_err(fail)?;
+    let address = socket
+        .get_last_endpoint()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| settings.workflow_listen.clone());
+    Ok(Hosted { def, socket, address })
+}
