@@ -398,6 +398,7 @@ impl Server {
             pubsub: &self.pubsub,
             probe_failures: &self.probe_failures,
             cluster: self.cluster.as_ref().map(|n| &n.status),
+            workflows: self.workflow.as_ref().map(|e| (e.hosted.len(), &e.stats)),
             caller: &caller,
             policy: self.auth.as_ref().map(|a| &a.policy),
             auth_stats: self.auth.as_ref().map(|a| &a.stats),
@@ -1173,6 +1174,26 @@ impl Server {
         }
     }
 
+    /// SIGHUP's part for workflows: the definitions are read again; a
+    /// directory that does not load keeps the running ones.
+    fn reload_workflows(&mut self, settings: &Settings) {
+        let Some(engine) = &mut self.workflow else {
+            return;
+        };
+        match engine.reload(settings) {
+            Ok((records, removed, line)) => {
+                for service in removed {
+                    self.registry.remove_own(&service);
+                }
+                for record in records {
+                    self.registry.add_own(record);
+                }
+                info!("reloaded {line}");
+            }
+            Err(e) => error!("reload of workflow definitions failed, keeping the running ones: {e}"),
+        }
+    }
+
     /// SIGHUP: re-read the configuration and apply what can change live.
     fn reload(&mut self) {
         let reloaded = Settings::load(&self.overrides).and_then(|new| self.settings.reload(&new));
@@ -1195,6 +1216,7 @@ impl Server {
                 .store(new.max_message_bytes, std::sync::atomic::Ordering::Relaxed);
         }
         self.reload_auth(&mut new, &mut restart);
+        self.reload_workflows(&new);
         self.settings = new;
         if applied.is_empty() {
             info!("reloaded configuration: nothing that can change live has changed");

@@ -557,3 +557,121 @@ impl Drop for Killed {
         }
     }
 }
+
+/// The caller's attachments reach the first step; the last step's come
+/// back with the result.
+#[test]
+fn attachments_pass_through_a_workflow() {
+    let (d, _dir) = daemon(&[(
+        "a.json",
+        json!({"service": "/t/files", "tasks": {"files": [
+            {"interface": "t.f", "method": "first"}, {"interface": "t.f", "method": "last"}]}}),
+    )]);
+    let ctx = ctx(&d);
+    let iface = Interface::new("t.f")
+        .handle("first", |req| {
+            let texts: Vec<String> = req
+                .attachments
+                .iter()
+                .map(|a| String::from_utf8_lossy(&a.bytes().unwrap()).into_owned())
+                .collect();
+            Ok(json!({ "got": texts }).into())
+        })
+        .handle("last", |req| {
+            Ok(pycom_client::service::Reply::new(req.args.clone())
+                .attach(pycom_client::Binary::from_bytes(b"from the last step".to_vec())))
+        });
+    let _svc = Service::builder("/t/f")
+        .context(ctx.clone())
+        .interface(iface)
+        .start()
+        .unwrap();
+    let mut wf = ctx.workflow("/t/files").unwrap();
+    let out = wf
+        .call(
+            "files",
+            json!({}),
+            &[
+                pycom_client::Binary::from_bytes(b"one".to_vec()),
+                pycom_client::Binary::from_bytes(b"two".to_vec()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.result, json!({"got": ["one", "two"]}));
+    assert_eq!(out.attachments.len(), 1);
+    assert_eq!(&out.attachments[0].bytes().unwrap()[..], b"from the last step");
+}
+
+/// Past max_running_runs a start answers code 7 naming the limit; a
+/// SIGHUP adds a workflow, and a definition that does not load keeps the
+/// running ones.
+#[test]
+fn running_runs_are_bounded_and_sighup_reloads_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_defs(
+        dir.path(),
+        &[(
+            "w.json",
+            json!({"service": "/t/w", "tasks": {"wait": [{"interface": "t.w", "method": "gate"}]}}),
+        )],
+    );
+    let path = dir.path().display().to_string();
+    let d = Daemon::with(
+        &[
+            ("PYCOMD_WORKFLOWS_DIR", path.as_str()),
+            ("PYCOMD_MAX_RUNNING_RUNS", "1"),
+        ],
+        &[],
+    );
+    let ctx = ctx(&d);
+    let open = Arc::new(AtomicBool::new(false));
+    let o = open.clone();
+    let (_svc, calls) = service(&ctx, "/t/wsvc", "t.w", &["gate", "quick"], move |m, _, _| {
+        while m == "gate" && !o.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(json!(m))
+    });
+    let mut admin = ctx.workflow_admin();
+    let first = admin.start("/t/w".into(), "wait".into(), None, None).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || count(&calls, "gate") == 1));
+    match admin.start("/t/w".into(), "wait".into(), None, None) {
+        Err(Error::Unavailable(m)) => assert!(m.contains("max_running_runs"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(finished(&ctx, &first.run_id)["state"], "succeeded");
+
+    // SIGHUP: a new workflow is hosted.
+    write_defs(
+        dir.path(),
+        &[(
+            "n.json",
+            json!({"service": "/t/new", "tasks": {"quick": [{"interface": "t.w"}]}}),
+        )],
+    );
+    d.signal("HUP");
+    let mut found = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            found = ctx.workflow("/t/new").ok();
+            found.is_some()
+        }),
+        "the new workflow was not hosted after SIGHUP; log:\n{}",
+        d.log()
+    );
+    assert_eq!(found.unwrap().invoke("quick", json!({})).unwrap(), json!("quick"));
+    // A broken file: the running definitions stay.
+    std::fs::write(dir.path().join("broken.json"), b"{\"service\": ").unwrap();
+    d.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || d.log().contains(
+        "reload of workflow definitions failed, keeping the running ones"
+    )));
+    assert_eq!(
+        ctx.workflow("/t/new")
+            .unwrap()
+            .invoke("quick", json!({}))
+            .unwrap(),
+        json!("quick")
+    );
+}

@@ -282,6 +282,7 @@ mod tests {
                 pubsub: &off,
                 probe_failures: &Default::default(),
                 cluster: None,
+                workflows: None,
                 caller: &crate::auth::Caller::Open,
                 policy: None,
                 auth_stats: None,

@@ -69,6 +69,8 @@ pub struct Context<'a> {
     pub pubsub: &'a crate::pubsub::Started,
     /// Consecutive unanswered probes by address (`list_services` long).
     pub probe_failures: &'a crate::registry::Map<String, u32>,
+    /// Workflows hosted and the engine's counters (for `stat`).
+    pub workflows: Option<(usize, &'a crate::workflow::Stats)>,
     /// This node in its cluster, if it is in one (for `stat`).
     pub cluster: Option<&'a crate::cluster::Status>,
     /// Who is calling (`Open` with access control off).

@@ -27,6 +27,19 @@ struct Stat<'a> {
     /// Logins and refusals by kind (access control on).
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<&'a crate::auth::methods::AuthStats>,
+    /// Runs by state, and the engine's counters (workflows hosted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflows: Option<Workflows<'a>>,
+}
+
+#[derive(Serialize)]
+struct Workflows<'a> {
+    hosted: usize,
+    running: usize,
+    ended_kept: usize,
+    ended_bytes: usize,
+    #[serde(flatten)]
+    stats: &'a crate::workflow::Stats,
 }
 
 /// The forwarder's counters, or why it does not run.
@@ -58,5 +71,15 @@ pub fn stat(ctx: &mut Context) -> Plan {
         },
         cluster: ctx.cluster,
         auth: ctx.auth_stats,
+        workflows: ctx.workflows.map(|(hosted, stats)| {
+            let runs = ctx.registry.state().runs();
+            Workflows {
+                hosted,
+                running: runs.running(),
+                ended_kept: runs.ended(),
+                ended_bytes: runs.ended_bytes(),
+                stats,
+            }
+        }),
     }))
 }

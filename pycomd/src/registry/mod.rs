@@ -470,6 +470,25 @@ impl Registry {
         self.history.set_limits(max_changes, max_bytes);
     }
 
+    /// List one of pycomd's own records (a workflow hosted after a
+    /// reload), replacing any of that name.
+    pub fn add_own(&mut self, record: Record) {
+        let previous = self.own.remove(&*record.service);
+        self.index.insert(&record, previous.as_ref());
+        self.ordered.insert(record.service.clone());
+        self.own.insert(record.service.to_string(), record);
+    }
+
+    /// Stop listing one of pycomd's own records.
+    pub fn remove_own(&mut self, service: &str) {
+        if let Some(record) = self.own.remove(service) {
+            self.index.remove(&record);
+            if self.state.get(service).is_none() {
+                self.ordered.remove(service);
+            }
+        }
+    }
+
     /// The recent changes (`changes`).
     pub fn history(&self) -> &history::History {
         &self.history

@@ -133,6 +133,10 @@ pub struct Run {
     /// Times it was run again from its failed step.
     #[serde(default)]
     pub redrives: u32,
+    /// Attachments its caller sent (kept in memory only, for the first
+    /// step: a restart loses them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attachments: u32,
     /// Its size as `workflow_run_bytes` counts it.
     #[serde(skip)]
     pub bytes: usize,
@@ -197,6 +201,8 @@ pub enum RunCommand {
         schedule: Vec<Schedule>,
         /// `max_running_runs` when proposed.
         max_running: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attachments: u32,
     },
     StepEnd {
         run_id: String,
@@ -358,6 +364,7 @@ impl Runs {
                 principal,
                 schedule,
                 max_running,
+                attachments,
             } => {
                 if self.runs.contains_key(run_id.as_str()) {
                     return Err(Fault::bad_request(format!("run {run_id} exists already")));
@@ -380,6 +387,7 @@ impl Runs {
                     failure: None,
                     finish: None,
                     redrives: 0,
+                    attachments: *attachments,
                     bytes: 0,
                 };
                 scheduled(&mut run, schedule, *at_ms);
@@ -505,6 +513,10 @@ impl Runs {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn scheduled(run: &mut Run, schedule: &[Schedule], at_ms: u64) {
     for s in schedule {
         run.attempts.push(Attempt {
@@ -544,4 +556,125 @@ fn too_many(max: usize) -> Fault {
     Fault::unavailable(format!(
         "{max} runs are running already (max_running_runs): retry when some have ended"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::definition::parse;
+    use serde_json::json;
+
+    fn task() -> Arc<Task> {
+        let def = parse(
+            r#"{"service": "/w", "tasks": {"t": [{"interface": "a"}, {"interface": "b"}]}}"#,
+            std::path::Path::new("w.json"),
+        )
+        .unwrap();
+        def.tasks["t"].clone()
+    }
+
+    fn at(step: u16) -> At {
+        At {
+            step,
+            branch: 0,
+            compensate: false,
+        }
+    }
+
+    fn start(id: &str, max_running: usize) -> RunCommand {
+        RunCommand::Start {
+            run_id: id.into(),
+            workflow: "/w".into(),
+            task_name: "t".into(),
+            task: task(),
+            input: json!({"x": 1}),
+            at_ms: 10,
+            principal: None,
+            schedule: vec![Schedule {
+                at: at(0),
+                attempt: 1,
+                not_before_ms: 10,
+            }],
+            max_running,
+            attachments: 0,
+        }
+    }
+
+    fn end_step(
+        id: &str,
+        step: u16,
+        attempt: u32,
+        schedule: Vec<Schedule>,
+        finish: Option<Finish>,
+    ) -> RunCommand {
+        RunCommand::StepEnd {
+            run_id: id.into(),
+            at: at(step),
+            attempt,
+            at_ms: 20,
+            outcome: StepOutcome::Ok(json!(step)),
+            schedule,
+            failure: None,
+            finish,
+        }
+    }
+
+    #[test]
+    fn a_run_records_its_steps_and_refuses_what_does_not_fit() {
+        let mut runs = Runs::default();
+        runs.apply(&start("r1", 1)).unwrap();
+        assert_eq!(runs.apply(&start("r2", 1)).unwrap_err().code, Code::Unavailable);
+        assert_eq!(runs.apply(&start("r1", 5)).unwrap_err().code, Code::BadRequest);
+        // Only an attempt in flight can end.
+        assert!(runs.apply(&end_step("r1", 1, 1, vec![], None)).is_err());
+        let next = Schedule {
+            at: at(1),
+            attempt: 1,
+            not_before_ms: 20,
+        };
+        runs.apply(&end_step("r1", 0, 1, vec![next], None)).unwrap();
+        let run = runs.get("r1").unwrap();
+        assert_eq!(run.results["step1"], json!(0));
+        assert_eq!(run.in_flight().map(|a| a.at.step).collect::<Vec<_>>(), [1]);
+        let done = Finish {
+            state: RunState::Succeeded,
+            result: Some(json!(1)),
+            code: None,
+            error: None,
+        };
+        runs.apply(&end_step("r1", 1, 1, vec![], Some(done))).unwrap();
+        assert_eq!((runs.running(), runs.ended()), (0, 1));
+        // Ended: nothing more is recorded.
+        assert!(runs.apply(&end_step("r1", 1, 1, vec![], None)).is_err());
+    }
+
+    #[test]
+    fn forget_drops_the_oldest_ended_runs() {
+        let mut runs = Runs::default();
+        for i in 0..5u64 {
+            let id = format!("r{i}");
+            runs.apply(&start(&id, 100)).unwrap();
+            let finish = Finish {
+                state: RunState::Cancelled,
+                result: None,
+                code: Some(7),
+                error: None,
+            };
+            runs.apply(&RunCommand::End {
+                run_id: id,
+                at_ms: 100 + i,
+                finish,
+            })
+            .unwrap();
+        }
+        runs.apply(&RunCommand::Forget {
+            before_ms: 101,
+            keep: 3,
+            max_bytes: usize::MAX,
+        })
+        .unwrap();
+        let kept: Vec<&str> = runs.newest_first().map(|r| &*r.id).collect();
+        assert_eq!(kept.len(), 3);
+        assert!(runs.get("r0").is_none() && runs.get("r1").is_none() && runs.get("r4").is_some());
+    }
 }

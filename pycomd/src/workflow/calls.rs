@@ -43,25 +43,33 @@ pub struct Called {
 
 pub struct Pool {
     jobs: Sender<Job>,
+    /// What the threads are started with, at the first call (a pycomd
+    /// whose workflows directory is empty starts none).
+    idle: Option<(zmq::Context, Vec<Poster>, Arc<Mutex<Receiver<Job>>>)>,
 }
 
 impl Pool {
-    /// `threads` threads, each reporting through a poster of its own.
-    pub fn start(zmq: &zmq::Context, threads: usize, posters: Vec<Poster>) -> Result<Pool, String> {
+    /// One thread per poster, each reporting through its own.
+    pub fn new(zmq: &zmq::Context, posters: Vec<Poster>) -> Pool {
         let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for (i, poster) in posters.into_iter().take(threads.max(1)).enumerate() {
-            let queue = queue.clone();
-            let zmq = zmq.clone();
-            std::thread::Builder::new()
-                .name(format!("pycomd-wf-{i}"))
-                .spawn(move || work(&zmq, &queue, &poster))
-                .map_err(|e| format!("cannot start a workflow call thread: {e}"))?;
+        Pool {
+            jobs,
+            idle: Some((zmq.clone(), posters, Arc::new(Mutex::new(queue)))),
         }
-        Ok(Pool { jobs })
     }
 
-    pub fn submit(&self, job: Job) {
+    pub fn submit(&mut self, job: Job) {
+        if let Some((zmq, posters, queue)) = self.idle.take() {
+            for (i, poster) in posters.into_iter().enumerate() {
+                let (queue, zmq) = (queue.clone(), zmq.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("pycomd-wf-{i}"))
+                    .spawn(move || work(&zmq, &queue, &poster));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start a workflow call thread: {e}");
+                }
+            }
+        }
         // The threads live as long as the process.
         let _ = self.jobs.send(job);
     }

@@ -96,6 +96,10 @@ pub struct Stats {
 
 pub struct Engine {
     pub hosted: Vec<Hosted>,
+    /// Where the definitions are read from (again at SIGHUP).
+    dir: std::path::PathBuf,
+    required: bool,
+    zmq: zmq::Context,
     pool: calls::Pool,
     limits: Limits,
     waiters: HashMap<Arc<str>, Vec<Waiter>>,
@@ -133,9 +137,19 @@ pub enum Step {
 }
 
 impl Engine {
-    pub fn new(hosted: Vec<Hosted>, pool: calls::Pool, limits: Limits) -> Engine {
+    pub fn new(
+        hosted: Vec<Hosted>,
+        pool: calls::Pool,
+        limits: Limits,
+        dir: std::path::PathBuf,
+        required: bool,
+        zmq: &zmq::Context,
+    ) -> Engine {
         Engine {
             hosted,
+            dir,
+            required,
+            zmq: zmq.clone(),
             pool,
             limits,
             waiters: HashMap::new(),
@@ -151,6 +165,84 @@ impl Engine {
             next_sweep: Instant::now() + SWEEP,
             turn: 0,
             stats: Stats::default(),
+        }
+    }
+
+    /// SIGHUP: read the definitions again. A directory that does not
+    /// load keeps the running ones. Workflows added are bound, removed
+    /// ones closed, changed ones replaced (running runs keep the task
+    /// they started with). Returns the records to list and the services
+    /// to stop listing, and a line for the log.
+    pub fn reload(
+        &mut self,
+        settings: &crate::config::Settings,
+    ) -> Result<(Vec<Record>, Vec<String>, String), String> {
+        let mut defs = definition::load_dir(&self.dir, self.required)?;
+        let old = self.waiters_services();
+        let mut removed = Vec::new();
+        let mut changed = Vec::new();
+        let mut kept = Vec::new();
+        // Endpoints that stay keep their address: clients hold it.
+        for h in std::mem::take(&mut self.hosted) {
+            match defs.remove(&h.def.service) {
+                Some(def) => {
+                    if def != h.def {
+                        changed.push(def.service.clone());
+                    }
+                    kept.push(Hosted { def, ..h });
+                }
+                None => removed.push(h.def.service.clone()),
+            }
+        }
+        let mut added = Vec::new();
+        for def in defs.into_values() {
+            added.push(def.service.clone());
+            kept.push(bind(&self.zmq, settings, def)?);
+        }
+        // Waiters hold endpoint indexes, which the new list changes.
+        let order: Vec<String> = kept.iter().map(|h| h.def.service.clone()).collect();
+        self.hosted = kept;
+        self.rebind_waiters(&old, &order);
+        self.limits = limits(settings);
+        let records = self.hosted.iter().map(Hosted::record).collect();
+        let line = format!(
+            "workflows: {} added, {} changed, {} removed",
+            if added.is_empty() {
+                "none".into()
+            } else {
+                added.join(", ")
+            },
+            if changed.is_empty() {
+                "none".into()
+            } else {
+                changed.join(", ")
+            },
+            if removed.is_empty() {
+                "none".into()
+            } else {
+                removed.join(", ")
+            }
+        );
+        Ok((records, removed, line))
+    }
+
+    /// The service of each endpoint index waiters refer to now.
+    fn waiters_services(&self) -> Vec<String> {
+        self.hosted.iter().map(|h| h.def.service.clone()).collect()
+    }
+
+    fn rebind_waiters(&mut self, old: &[String], new: &[String]) {
+        for waiters in self.waiters.values_mut() {
+            waiters.retain_mut(|w| {
+                let service = old.get(w.endpoint);
+                match service.and_then(|s| new.iter().position(|n| n == s)) {
+                    Some(i) => {
+                        w.endpoint = i;
+                        true
+                    }
+                    None => false,
+                }
+            });
         }
     }
 
@@ -179,10 +271,22 @@ impl Engine {
         for run in runs {
             let stuck = run.in_flight().find_map(|a| {
                 let call = call_at(&run.task, a.at)?;
-                (!call.idempotent && !a.at.compensate).then(|| call.name.clone())
+                if !call.idempotent && !a.at.compensate {
+                    return Some(format!(
+                        "step '{}' was in flight when pycomd stopped and is marked \"idempotent\": false, so it is not called again; redrive the run to call it",
+                        call.name
+                    ));
+                }
+                // The caller's attachments lived in memory only.
+                (a.at.step == 0 && !a.at.compensate && run.attachments > 0).then(|| {
+                    format!(
+                        "step '{}' was in flight when pycomd stopped, and the {} attachment(s) its caller sent are not kept across a restart; start the run again",
+                        call.name, run.attachments
+                    )
+                })
             });
-            if let Some(name) = stuck {
-                warn!(run = %run.id, step = %name, "a step that is not idempotent was in flight: the run ends interrupted");
+            if let Some(why) = stuck {
+                warn!(run = %run.id, "a run cannot go on after the restart: {why}");
                 steps.push(self.propose(RunCommand::End {
                     run_id: run.id.to_string(),
                     at_ms: crate::auth::unix_ms(),
@@ -190,9 +294,7 @@ impl Engine {
                         state: RunState::Interrupted,
                         result: None,
                         code: Some(Code::Unavailable.as_number()),
-                        error: Some(format!(
-                            "step '{name}' was in flight when pycomd stopped and is marked \"idempotent\": false, so it is not called again; redrive the run to call it"
-                        )),
+                        error: Some(why),
                     },
                 }));
                 continue;
@@ -406,6 +508,7 @@ impl Engine {
         if let Some(token) = token {
             self.tokens.insert(run_id.clone(), token);
         }
+        let attachments_count = attachments.len() as u32;
         if !attachments.is_empty() {
             self.attachments_in.insert(run_id.clone(), Arc::new(attachments));
         }
@@ -420,6 +523,7 @@ impl Engine {
             principal,
             schedule,
             max_running: self.limits.max_running,
+            attachments: attachments_count,
         };
         Ok((run_id, Some(self.propose(command))))
     }
@@ -917,6 +1021,17 @@ impl Engine {
             attachments: Vec::new(),
             took: Duration::ZERO,
         };
+        if run.principal.is_some() && !self.tokens.contains_key(&run.id) {
+            let done = outcome_now(
+                format!(
+                    "the token run {} was started with is gone: pycomd restarted since, and tokens are never written to disk; start the run again",
+                    run.id
+                ),
+                Code::AccessDenied,
+            );
+            self.pool_result_now(done);
+            return;
+        }
         let args = match render_args(run, at, call) {
             Ok(args) => args,
             Err(e) => {
@@ -1262,7 +1377,7 @@ pub fn start(
         return Ok(None);
     };
     let defs = definition::load_dir(&dir, required)?;
-    if defs.is_empty() {
+    if defs.is_empty() && settings.cluster.is_some() {
         return Ok(None);
     }
     if settings.cluster.is_some() {
@@ -1279,7 +1394,7 @@ pub fn start(
     let posters = (0..settings.workflow_calls)
         .map(|_| poster())
         .collect::<Result<Vec<_>, _>>()?;
-    let pool = calls::Pool::start(zmq, settings.workflow_calls, posters)?;
+    let pool = calls::Pool::new(zmq, posters);
     for h in &hosted {
         info!(
             workflow = %h.def.service,
@@ -1289,7 +1404,14 @@ pub fn start(
             "hosting a workflow"
         );
     }
-    Ok(Some(Engine::new(hosted, pool, limits(settings))))
+    Ok(Some(Engine::new(
+        hosted,
+        pool,
+        limits(settings),
+        dir,
+        required,
+        zmq,
+    )))
 }
 
 fn limits(settings: &crate::config::Settings) -> Limits {
