@@ -23,6 +23,10 @@
 #             a burst of $LOGIN_BURST (50) logins at the default argon2id cost
 #             while a client locates (its p99), then logins back to back
 #   peers     PyCOM 0.3.2's nameserver (needs the venv tests/run.sh makes)
+#   python    the Python client (python/): invoke on the Rust echo service and
+#             pub/sub through the forwarder, against raw pyzmq REQ and XPUB/SUB
+#             in the same run (bench/python.py; needs target/py-client, which
+#             tests/run.sh makes); PY_DURATION (1 s) x PY_REPEAT (15) rounds
 #
 #   BLOCKS=pubsub DURATION=2 REPEAT=3 bash bench/run.sh
 #   BLOCKS=durable DURATION=2 REPEAT=1 bash bench/run.sh
@@ -39,7 +43,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth peers}"
+BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth peers python}"
 REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
 RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
 PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
@@ -56,7 +60,7 @@ LOGIN_BURST="${LOGIN_BURST:-50}"
 # first; the topic bound with small publications.
 LVC_CONFIGS="${LVC_CONFIGS:-10000:67108864:20000:1024 1000000:67108864:100000:1024 100000:67108864:100000:16}"
 if [[ "${BUILD:-1}" != 0 ]]; then cargo build --release --workspace --locked -q; fi
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 PYCOMD="${PYCOMD:-$bin/pycomd}"
 PYCOMCTL="${PYCOMCTL:-$bin/pycomctl}"
 work="$(mktemp -d "${DATA_ROOT:-${TMPDIR:-/tmp}}/pycom-bench.XXXXXX")"
@@ -306,4 +310,30 @@ elif "$venv/bin/python" -c 'import pycom' 2>/dev/null; then
   bench --nameserver "$old" --op locate --preload 1000 --clients 4 --in-flight 64
 else
   echo "(no $venv: run bash tests/run.sh once to get the PyCOM 0.3.2 peers)"
+fi
+
+# The Python client (python/) against raw pyzmq, same run: needs the venv
+# tests/run.sh makes (maturin, pyzmq); the wheel is built and installed there.
+pyvenv="${PYCOM_CLIENT_VENV:-$PWD/target/py-client}"
+if ! block python; then
+  :
+elif "$pyvenv/bin/python" -c 'import zmq' 2>/dev/null && [[ -x "$pyvenv/bin/maturin" ]]; then
+  if [[ "${BUILD:-1}" != 0 ]]; then
+    cargo build --release --locked -q -p pycom-client --examples
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" "$pyvenv/bin/maturin" build --release --locked --quiet \
+      -m python/Cargo.toml -o "$work/wheels" >/dev/null
+    "$pyvenv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$work"/wheels/*.whl
+  fi
+  start_pycomd "$work/python"
+  wait_ready "$ns" >/dev/null
+  PYCOM_NAMESERVER="$ns" "$bin/examples/echo_service" >/dev/null 2>&1 & pids+=($!)
+  for _ in $(seq 1000); do
+    "$PYCOMCTL" --nameserver "$ns" --timeout 200 locate com.example.echo >/dev/null 2>&1 && break
+    sleep 0.01
+  done
+  echo "== Python: pycom_client against raw pyzmq (one thread; rounds alternate; medians of ${PY_REPEAT:-15} rounds of ${PY_DURATION:-1} s)"
+  "$pyvenv/bin/python" bench/python.py "$ns" --duration "${PY_DURATION:-1}" --repeat "${PY_REPEAT:-15}"
+  stop_pycomd
+else
+  echo "(no $pyvenv with maturin and pyzmq: run bash tests/run.sh once to make it)"
 fi

@@ -137,8 +137,15 @@ impl Error {
     }
 
     /// True when the peer could not be reached or did not answer in time.
+    ///
+    /// A wait cut short by a signal (`EINTR`: Ctrl-C) is not: the caller
+    /// is being asked to stop, so the call is not retried elsewhere.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Transport { .. })
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Transport { source, .. } => *source != zmq::Error::EINTR,
+            _ => false,
+        }
     }
 
     pub(crate) fn from_response(endpoint: &str, e: ResponseError) -> Error {
@@ -208,5 +215,15 @@ mod tests {
         );
         assert!(matches!(Error::from(Fault::not_found("x")), Error::ServiceNotFound(m) if m == "x"));
         assert_eq!(Error::Data("d".into()).code(), None);
+    }
+
+    #[test]
+    fn a_wait_cut_by_a_signal_is_not_retried() {
+        let transport = |source| Error::Transport {
+            endpoint: "tcp://127.0.0.1:1".into(),
+            source,
+        };
+        assert!(transport(zmq::Error::ETERM).is_unreachable());
+        assert!(!transport(zmq::Error::EINTR).is_unreachable());
     }
 }
