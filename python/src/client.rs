@@ -12,10 +12,6 @@ use pyo3::types::{PyList, PyTuple};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The interface a workflow is served under (issue: workflows), at its
-/// service path.
-const WORKFLOW_INTERFACE: &str = "org.pycom.workflow";
-
 /// Seconds from Python as a Duration; negative, NaN or huge ones refused.
 pub fn seconds(what: &str, s: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s)
@@ -99,7 +95,7 @@ impl PyContext {
     /// The workflow served at `service`: a component whose `invoke(task,
     /// args)` runs a task of it.
     fn workflow(&self, py: Python<'_>, service: &str) -> PyResult<PyComponent> {
-        self.locate(py, WORKFLOW_INTERFACE, Some(service))
+        self.locate(py, pycom_client::workflow::INTERFACE, Some(service))
     }
 
     /// A publisher on `topic` through pycomd's forwarder, ready when returned.
