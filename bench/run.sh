@@ -22,6 +22,11 @@
 #   auth      access control on: locate with a token against locate with it off;
 #             a burst of $LOGIN_BURST (50) logins at the default argon2id cost
 #             while a client locates (its p99), then logins back to back
+#   workflow  a 3-step workflow (three durable log entries a run) against the
+#             same three calls made directly by the client, one client (latency)
+#             and $WORKFLOW_CLIENTS (throughput of concurrent runs), with the
+#             data dir on tmpfs (/dev/shm: the engine alone) and on the disk,
+#             each beside that filesystem's fdatasync latency
 #   peers     PyCOM 0.3.2's nameserver (needs the venv tests/run.sh makes)
 #   python    the Python client (python/): invoke on the Rust echo service and
 #             pub/sub through the forwarder, against raw pyzmq REQ and XPUB/SUB
@@ -43,7 +48,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth peers python}"
+BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth workflow peers python}"
+WORKFLOW_CLIENTS="${WORKFLOW_CLIENTS:-16}"
 REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
 RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
 PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
@@ -295,6 +301,35 @@ if block auth; then
   echo "== logins at the default argon2id cost: a burst of $LOGIN_BURST while one client locates, then back to back"
   "$bin/pycom-bench" --quiet --nameserver "$ns" --op login --preload 10000 --clients "$LOGIN_BURST" --duration "$DURATION" --user bench --password bench
   stop_pycomd
+fi
+
+if block workflow; then
+  echo "== workflow: 3 steps (bench.echo.echo) through pycomd against the same 3 calls made directly; medians of $REPEAT alternating runs"
+  mkdir -p "$work/workflows.d"
+  cat >"$work/workflows.d/bench.json" <<'JSON'
+{"service": "/bench/workflow",
+ "tasks": {"echo": [{"interface": "bench.echo", "method": "echo"},
+                    {"interface": "bench.echo", "method": "echo"},
+                    {"interface": "bench.echo", "method": "echo"}]}}
+JSON
+  for where in tmpfs disk; do
+    case $where in
+      tmpfs) root="$(mktemp -d /dev/shm/pycom-bench-wf.XXXXXX)" ;;
+      disk) root="$work/wf-disk"; mkdir -p "$root" ;;
+    esac
+    mkdir -p "$root/probe"
+    echo "-- data dir on $where: $(findmnt -n -o SOURCE,FSTYPE -T "$root" | head -1 || true)"
+    printf '%-10s %7s %9s %10s %8s %8s %8s\n' op clients in-flight "syncs/s" "p50 us" "p99 us" "p99.9 us"
+    bench --op fdatasync --dir "$root/probe" | awk '$1 == "fdatasync" {printf "%-10s %7s %9s %10s %8s %8s %8s\n", $1, $2, $3, $4, $5, $6, $7}'
+    export PYCOMD_WORKFLOWS_DIR="$work/workflows.d"
+    start_pycomd "$root/data"
+    unset PYCOMD_WORKFLOWS_DIR
+    wait_ready "$ns" >/dev/null
+    "$bin/pycom-bench" --quiet --duration "$DURATION" --repeat "$REPEAT" --nameserver "$ns" --op workflow --scaling "1,$WORKFLOW_CLIENTS"
+    stop_pycomd
+    if [[ $where == tmpfs ]]; then rm -rf "$root"; fi
+  done
+  echo "(+p50 us: the workflow's p50 minus the direct sequence's; x runs: workflow runs/s over direct sequences/s)"
 fi
 
 if ! block peers; then

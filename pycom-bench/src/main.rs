@@ -10,6 +10,7 @@
 //! pycom-bench --op lvc --topics 20000 --body-bytes 1024 --pycomd-pid PID
 //! pycom-bench --op locate --token TOKEN          # access control on
 //! pycom-bench --op login --user bench --password bench --clients 50
+//! pycom-bench --op workflow --scaling 1,16 --repeat 5
 //! ```
 //!
 //! Every run of the operation is followed by the same load on a raw
@@ -27,6 +28,7 @@ mod login;
 mod ops;
 mod pubsub;
 mod servers;
+mod workflow;
 
 use clap::{Parser, ValueEnum};
 use load::{Load, Summary};
@@ -64,6 +66,9 @@ pub enum Op {
     /// Access control on: --clients logins at once (--user, --password)
     /// while one client locates, then logins back to back for --duration.
     Login,
+    /// A 3-step workflow (--workflow, defined in pycomd's workflows_dir)
+    /// against the same three calls made directly; --scaling clients.
+    Workflow,
 }
 
 #[derive(Parser, Debug)]
@@ -144,6 +149,9 @@ struct Cli {
     /// No progress line
     #[arg(long)]
     quiet: bool,
+    /// The workflow --op workflow runs (task `echo`, three steps of bench.echo.echo)
+    #[arg(long, default_value = "/bench/workflow")]
+    workflow: String,
     /// Pub-sub body sizes in bytes (--op pubsub; --op lvc takes the first)
     #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
     body_bytes: Vec<usize>,
@@ -212,6 +220,21 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     if cli.op == Op::Login {
         return login::run(cli, &ctx, &preloader);
+    }
+    if cli.op == Op::Workflow {
+        return workflow::run(&workflow::Options {
+            nameserver: &cli.nameserver,
+            workflow: &cli.workflow,
+            clients: if cli.scaling.is_empty() {
+                vec![cli.clients]
+            } else {
+                cli.scaling.clone()
+            },
+            duration,
+            repeat: cli.repeat,
+            workers: cli.workers.max(4),
+            json: cli.json,
+        });
     }
     let echo = if cli.no_baseline {
         None

@@ -46,7 +46,9 @@ impl Bodies {
             Op::Renew => (0..n)
                 .map(|i| call("renew", json!({"service": preloaded(i).1, "address": ADDRESS})))
                 .collect(),
-            Op::Register | Op::Fdatasync | Op::Pubsub | Op::Events | Op::Lvc | Op::Login => Vec::new(),
+            Op::Register | Op::Fdatasync | Op::Pubsub | Op::Events | Op::Lvc | Op::Login | Op::Workflow => {
+                Vec::new()
+            }
             Op::Invoke | Op::InvokeRaw => {
                 let mut body = json!({"version": "1.0", "interface": "bench.echo", "method": "echo",
                 "args": {"n": 1, "text": "hello"}});
