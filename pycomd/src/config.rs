@@ -68,6 +68,12 @@ pub struct Settings {
     /// The same bound in bytes (records' sizes, as `max_record_bytes`
     /// counts them).
     pub changes_retained_bytes: usize,
+    /// The HTTP endpoint for operators (`/metrics`, `/health`, `/ready`):
+    /// `host:port`. Unset: `127.0.0.1:2015`, and a failure to bind it is a
+    /// warning (a second pycomd on the host); a configured address that
+    /// cannot be bound stops pycomd; empty: off.
+    #[serde(default)]
+    pub http_listen: Option<String>,
     /// The pub-sub forwarder (`[pubsub]`).
     pub pubsub: PubsubSettings,
     /// Access control (`[auth]`): off by default.
@@ -312,6 +318,7 @@ impl Default for Settings {
             unsafe_no_fsync: false,
             changes_retained: 100_000,
             changes_retained_bytes: 64 * 1024 * 1024,
+            http_listen: None,
             pubsub: PubsubSettings::default(),
             auth: AuthSettings::default(),
             security: SecuritySettings::default(),
@@ -492,6 +499,14 @@ impl Settings {
             if let Some(endpoint) = endpoint.as_deref().filter(|e| !e.contains("://")) {
                 return Err(format!(
                     "{name} = '{endpoint}' is not a ZeroMQ endpoint (expected e.g. tcp://127.0.0.1:2013)"
+                ));
+            }
+        }
+        if let Some(address) = self.http_listen.as_deref().filter(|a| !a.is_empty()) {
+            let port = address.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(format!(
+                    "http_listen = '{address}' is not host:port (expected e.g. 127.0.0.1:2015, or \"\" for off)"
                 ));
             }
         }

@@ -74,6 +74,13 @@ pub enum Event {
     },
     /// A password checked off the server thread.
     Verified(crate::auth::hasher::Verdict),
+    /// The HTTP endpoint wants the numbers for `/metrics`, `/health`, `/ready`.
+    Scrape(std::sync::mpsc::SyncSender<Box<crate::metrics::Numbers>>),
+    /// A backup's snapshot, encoded off the server thread (or why not).
+    BackupEncoded {
+        id: u64,
+        result: Result<crate::backup::Encoded, String>,
+    },
     Signal(Signal),
 }
 
