@@ -370,13 +370,16 @@ fn counters<'a>(
     Ok(())
 }
 
-/// One histogram family: each series its labels, per-bucket counts
-/// ([`BUCKETS`], then above them) and sum in nanoseconds.
+/// One series of a histogram: its labels, per-bucket counts ([`BUCKETS`],
+/// then above them) and sum in nanoseconds.
+type Series<'a> = (&'a [(&'a str, &'a str)], &'a [u64], u64);
+
+/// One histogram family.
 fn histogram(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &[(&[(&str, &str)], &[u64], u64)],
+    series: &[Series],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, counts, sum_ns) in series {
