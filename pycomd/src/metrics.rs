@@ -217,6 +217,8 @@ pub struct Tally {
     pub probe_drops: u64,
     /// Records with a lease, kept as changes apply (the rest are probed).
     pub leased: usize,
+    /// What the last scrape cost the server thread (copying these numbers).
+    pub scrape_ns: u64,
 }
 
 impl Default for Tally {
@@ -228,6 +230,7 @@ impl Default for Tally {
             lease_expiries: 0,
             probe_drops: 0,
             leased: 0,
+            scrape_ns: 0,
         }
     }
 }

@@ -855,7 +855,10 @@ impl Server {
                 }
                 Event::Verified(verdict) => self.verified(verdict),
                 Event::Scrape(answer) => {
-                    let _ = answer.try_send(Box::new(self.scrape()));
+                    let started = Instant::now();
+                    let numbers = Box::new(self.scrape());
+                    self.metrics.scrape_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let _ = answer.try_send(numbers);
                 }
                 Event::BackupEncoded { id, result } => self.backup_encoded(id, result),
                 Event::Signal(Signal::Reload) => self.reload(),
