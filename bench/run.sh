@@ -294,8 +294,9 @@ n = len(sys.argv) // 2
 a, b = [float(x) for x in sys.argv[1:n + 1]], [float(x) for x in sys.argv[n + 1:]]
 ma, mb = statistics.median(a), statistics.median(b)
 print(f"locate req/s, median of {n}: no scrape {ma:,.0f}, scrape every 1 s {mb:,.0f} ({(mb / ma - 1) * 100:+.1f}%)")' "${none[@]}" "${scraped[@]}"
-  scrapes=$(exec 3<>"/dev/tcp/${http%:*}/${http#*:}"; printf 'GET /metrics HTTP/1.1\r\n\r\n' >&3; grep -c '^pycom_' <&3 || true)
-  echo "(/metrics has $scrapes pycom_ samples)"
+  metrics() { exec 3<>"/dev/tcp/${http%:*}/${http#*:}"; printf 'GET /metrics HTTP/1.1\r\n\r\n' >&3; cat <&3; exec 3<&-; }
+  metrics >/dev/null
+  echo "/metrics: $(metrics | grep -c '^pycom_') pycom_ samples; the server thread's part of a scrape: $(metrics | awk '/^pycom_scrape_server_seconds / { printf "%.1f us", $2 * 1e6 }')"
   stop_pycomd
 fi
 

@@ -664,6 +664,15 @@ impl prometheus_client::collector::Collector for Scrape {
             n.uptime_s as i64,
         )?;
         {
+            let metric = ConstGauge::new(n.tally.scrape_ns as f64 / 1e9);
+            metric.encode(e.encode_descriptor(
+                "pycom_scrape_server_seconds",
+                "Time the server thread spent on the previous scrape (copying its numbers): what serving metrics costs requests",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        {
             let mut info = e.encode_descriptor("pycom_build", "pycomd's version", None, MetricType::Info)?;
             let labels = [("version", env!("CARGO_PKG_VERSION"))];
             info.encode_info(&labels)?;
