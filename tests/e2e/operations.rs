@@ -523,3 +523,45 @@ fn completions_and_man_pages_are_generated() {
         );
     }
 }
+
+#[test]
+fn under_access_control_only_the_admin_takes_a_backup() {
+    use pycom_e2e::auth::{call, login, AuthSetup};
+    let setup = AuthSetup::new(
+        &[("alice", "alice-pw"), ("root", "root-pw")],
+        "[auth.roles]\nadmin = [\"root\"]\nusers = [\"alice\"]\n",
+    );
+    let d = setup.start();
+    let alice = login(&d, "alice", "alice-pw").expect("alice logs in");
+    let refused =
+        call(&d, Some(&alice), "org.pycom.admin", "snapshot", Value::Null).expect_err("alice is no admin");
+    assert_eq!(refused.code, Code::AccessDenied, "{}", refused.message);
+    assert!(
+        refused.message.contains("only the admin role"),
+        "{}",
+        refused.message
+    );
+    let anonymous = call(&d, None, "org.pycom.admin", "snapshot", Value::Null).expect_err("anonymous");
+    assert_eq!(anonymous.code, Code::AccessDenied);
+    let root = login(&d, "root", "root-pw").expect("root logs in");
+    let taken = call(&d, Some(&root), "org.pycom.admin", "snapshot", Value::Null).expect("root may");
+    assert!(taken["tokens"].as_u64().is_some_and(|n| n >= 2), "{taken}");
+    let chunk = call(
+        &d,
+        Some(&root),
+        "org.pycom.admin",
+        "snapshot_chunk",
+        serde_json::json!({"id": taken["id"], "offset": 0}),
+    )
+    .expect("a chunk");
+    assert_eq!(chunk["eof"], Value::Bool(true), "a small registry fits one chunk");
+    let refused = call(
+        &d,
+        Some(&alice),
+        "org.pycom.admin",
+        "snapshot_chunk",
+        serde_json::json!({"id": taken["id"], "offset": 0}),
+    )
+    .expect_err("alice may not read it either");
+    assert_eq!(refused.code, Code::AccessDenied);
+}
