@@ -32,6 +32,8 @@
 #             pub/sub through the forwarder, against raw pyzmq REQ and XPUB/SUB
 #             in the same run (bench/python.py; needs target/py-client, which
 #             tests/run.sh makes); PY_DURATION (1 s) x PY_REPEAT (15) rounds
+#   scrape    locate throughput with a scrape of /metrics every second against
+#             none: $SCRAPE_RUNS (5) runs of each, alternating, and the medians
 #
 #   BLOCKS=pubsub DURATION=2 REPEAT=3 bash bench/run.sh
 #   BLOCKS=durable DURATION=2 REPEAT=1 bash bench/run.sh
@@ -48,8 +50,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-5}"
-BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth workflow peers python}"
+BLOCKS="${BLOCKS:-main durable restart bounded pubsub auth scrape workflow peers python}"
 WORKFLOW_CLIENTS="${WORKFLOW_CLIENTS:-16}"
+SCRAPE_RUNS="${SCRAPE_RUNS:-5}"
 REGISTER_CLIENTS="${REGISTER_CLIENTS:-1 16 64}"
 RESTART_SIZES="${RESTART_SIZES:-100000 1000000}"
 PRELOAD_CLIENTS="${PRELOAD_CLIENTS:-4}"
@@ -265,6 +268,46 @@ if block pubsub; then
     stop_pycomd
   done
   unset PYCOMD_PUBSUB__LVC_MAX_TOPICS PYCOMD_PUBSUB__LVC_MAX_BYTES PYCOMD_PUBSUB__HIGH_WATER_MARK
+fi
+
+if block scrape; then
+  # The cost of serving /metrics to the request path: locate at 4 x 64 in
+  # flight among 10,000 services, without a scraper and with one asking
+  # for /metrics every second (bash's /dev/tcp: no process started per
+  # scrape to add noise), alternating so that the machine's drift falls on
+  # both, then the median of each.
+  http="127.0.0.1:$(free_port)"
+  PYCOMD_HTTP_LISTEN="$http" start_pycomd "$work/scrape"
+  wait_ready "$ns" >/dev/null
+  scraper() {
+    while :; do
+      if exec 3<>"/dev/tcp/${http%:*}/${http#*:}"; then
+        printf 'GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$http" >&3
+        cat <&3 >/dev/null; exec 3<&-
+      fi
+      sleep 1
+    done
+  }
+  echo "== locate (10,000 services, 4 x 64 in flight): no scrape against a scrape of /metrics every second, $SCRAPE_RUNS runs each, alternating"
+  header
+  none=(); scraped=()
+  for i in $(seq "$SCRAPE_RUNS"); do
+    row=$("$bin/pycom-bench" --quiet --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64 --duration "$DURATION" --repeat 1 | tail -n +2)
+    echo "$row   (no scrape)"; none+=("$(awk '{print $4}' <<<"$row")")
+    scraper & scraping=$!
+    row=$("$bin/pycom-bench" --quiet --nameserver "$ns" --op locate --preload 10000 --clients 4 --in-flight 64 --duration "$DURATION" --repeat 1 | tail -n +2)
+    kill "$scraping"; wait "$scraping" 2>/dev/null || true
+    echo "$row   (scrape every 1 s)"; scraped+=("$(awk '{print $4}' <<<"$row")")
+  done
+  python3 -c 'import statistics, sys
+n = len(sys.argv) // 2
+a, b = [float(x) for x in sys.argv[1:n + 1]], [float(x) for x in sys.argv[n + 1:]]
+ma, mb = statistics.median(a), statistics.median(b)
+print(f"locate req/s, median of {n}: no scrape {ma:,.0f}, scrape every 1 s {mb:,.0f} ({(mb / ma - 1) * 100:+.1f}%)")' "${none[@]}" "${scraped[@]}"
+  metrics() { exec 3<>"/dev/tcp/${http%:*}/${http#*:}"; printf 'GET /metrics HTTP/1.1\r\n\r\n' >&3; cat <&3; exec 3<&-; }
+  metrics >/dev/null
+  echo "/metrics: $(metrics | grep -c '^pycom_') pycom_ samples; the server thread's part of a scrape: $(metrics | awk '/^pycom_scrape_server_seconds / { printf "%.1f us", $2 * 1e6 }')"
+  stop_pycomd
 fi
 
 venv=target/py-peers

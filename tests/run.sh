@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${PYCOM_VENV:-$PWD/target/py-peers}"
-if ! "$venv/bin/python" -c 'import pycom, zmq, tornado, six' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pycom, zmq, tornado, six, prometheus_client' 2>/dev/null; then
   echo "== Creating $venv with the PyCOM 0.3.2 peers from PyPI"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt

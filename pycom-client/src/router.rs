@@ -212,6 +212,18 @@ impl Outbox {
         self.replies.is_empty()
     }
 
+    /// The status and body of the reply queued last (a server counting
+    /// replies by code reads it).
+    pub fn last(&self) -> Option<(&'static [u8], &[u8])> {
+        self.replies.last().map(|(_, status, body)| {
+            let bytes: &[u8] = match body {
+                Body::Owned(bytes) => bytes,
+                Body::Shared(shared) => &shared.bytes,
+            };
+            (*status, bytes)
+        })
+    }
+
     /// Send everything queued (see [`send`] for what happens to slow
     /// peers). Returns how many replies were dropped.
     pub fn flush(&mut self, socket: &mut zmq::Socket) -> u64 {

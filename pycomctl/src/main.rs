@@ -44,6 +44,73 @@ Examples:
   pycomctl auth check                                    # the policy as it applies to you
   pycomctl auth check svc-billing                        # (admin) as it applies to svc-billing";
 
+const STAT_EXAMPLES: &str = "\
+Examples:
+  pycomctl stat
+  pycomctl --nameserver tcp://10.0.0.5:2012 stat --json";
+const LIST_EXAMPLES: &str = "\
+Examples:
+  pycomctl list-services
+  pycomctl list-services --interface 'com\\.example\\.' --long";
+const LOCATE_EXAMPLES: &str = "\
+Examples:
+  pycomctl locate com.example.calc
+  pycomctl locate com.example.calc --all --json";
+const CALL_EXAMPLES: &str = "\
+Examples:
+  pycomctl call com.example.calc add '{\"a\": 1, \"b\": 2}'
+  pycomctl call com.example.files put '\"report.pdf\"' --attach report.pdf";
+const REGISTER_EXAMPLES: &str = "\
+Examples:
+  pycomctl register /com/example/calc tcp://10.0.0.7:5000 com.example.calc --ttl 30000
+  pycomctl register /com/example/web tcp://10.0.0.8:5000 com.example.web --metadata zone=eu";
+const RENEW_EXAMPLES: &str = "\
+Examples:
+  pycomctl renew /com/example/calc tcp://10.0.0.7:5000";
+const UNREGISTER_EXAMPLES: &str = "\
+Examples:
+  pycomctl unregister /com/example/calc tcp://10.0.0.7:5000";
+const CLUSTER_EXAMPLES: &str = "\
+Examples:
+  pycomctl cluster status
+  pycomctl cluster add 4 --peer 10.0.0.4:2016 --client tcp://10.0.0.4:2012
+  pycomctl cluster remove 4
+  pycomctl cluster transfer-leader 2";
+const PUB_EXAMPLES: &str = "\
+Examples:
+  pycomctl pub demo.greetings '{\"text\": \"hello\"}'";
+const SUB_EXAMPLES: &str = "\
+Examples:
+  pycomctl sub 'demo.>'
+  pycomctl sub demo.greetings --last --count 1 --json";
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  pycomctl watch
+  pycomctl watch --interface com.example.calc --count 10";
+const LOGOUT_EXAMPLES: &str = "\
+Examples:
+  pycomctl logout";
+const WHOAMI_EXAMPLES: &str = "\
+Examples:
+  pycomctl whoami";
+const SNAPSHOT_EXAMPLES: &str = "\
+Examples:
+  pycomctl snapshot save /var/backups/pycomd-$(date +%F).snap
+  pycomd --restore /var/backups/pycomd-2026-01-31.snap --data-dir /var/lib/pycomd-restored
+
+The file is pycomd's snapshot format (a header with the length and crc32c of
+the registry); pycomctl checks it against the SHA-256 pycomd announces before
+it renames it into place. With access control on, only the admin role may.";
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  pycomctl completions bash > /etc/bash_completion.d/pycomctl
+  pycomctl completions zsh > \"${fpath[1]}/_pycomctl\"
+  pycomctl completions fish > ~/.config/fish/completions/pycomctl.fish";
+const MAN_EXAMPLES: &str = "\
+Examples:
+  pycomctl man | man -l -
+  pycomctl man --dir /usr/local/share/man/man1";
+
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -89,8 +156,10 @@ impl Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Ping the nameserver and show its statistics
+    #[command(after_help = STAT_EXAMPLES)]
     Stat,
     /// List registered services
+    #[command(after_help = LIST_EXAMPLES)]
     ListServices {
         /// Only services with an interface matching this regex (anchored at the start)
         #[arg(long, value_name = "RE")]
@@ -103,6 +172,7 @@ pub enum Command {
         long: bool,
     },
     /// Find a live provider of an interface
+    #[command(after_help = LOCATE_EXAMPLES)]
     Locate {
         interface: String,
         /// Only this service
@@ -113,6 +183,7 @@ pub enum Command {
         all: bool,
     },
     /// Call a method of a service, located through the nameserver
+    #[command(after_help = CALL_EXAMPLES)]
     Call {
         interface: String,
         method: String,
@@ -134,6 +205,7 @@ pub enum Command {
         retry: u32,
     },
     /// Register a service (leased with --ttl, else probed by pycomd)
+    #[command(after_help = REGISTER_EXAMPLES)]
     Register {
         service: String,
         address: String,
@@ -147,16 +219,20 @@ pub enum Command {
         metadata: Vec<(String, String)>,
     },
     /// Extend the lease of a service's record (only its own address may)
+    #[command(after_help = RENEW_EXAMPLES)]
     Renew { service: String, address: String },
     /// Remove a service's record (only its own address may)
+    #[command(after_help = UNREGISTER_EXAMPLES)]
     Unregister { service: String, address: String },
     /// A cluster member's view of its cluster
+    #[command(after_help = CLUSTER_EXAMPLES)]
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
     },
     /// Publish one message through pycomd's forwarder (once the forwarder
     /// has taken the connection) and exit
+    #[command(after_help = PUB_EXAMPLES)]
     Pub {
         /// Dot-separated tokens, e.g. demo.interface.name (not org.pycom.*)
         topic: String,
@@ -170,6 +246,7 @@ pub enum Command {
     /// Print publications as they arrive: one line each, `TOPIC SEQ BODY`
     /// (with --json, one JSON object per line). Missed messages are said on
     /// stderr, and so is "subscribed" once every later publication will arrive
+    #[command(after_help = SUB_EXAMPLES)]
     Sub {
         /// Topic patterns: a.b.c exact, a.*.c one token, a.> the rest
         #[arg(required = true, value_name = "PATTERN")]
@@ -184,6 +261,7 @@ pub enum Command {
     /// Print the registry's records, then each change as it happens, one
     /// line each: `REVISION KIND SERVICE ADDRESS INTERFACES METADATA`
     /// (KIND `listed` for the records at the start)
+    #[command(after_help = WATCH_EXAMPLES)]
     Watch {
         /// Only services with an interface matching this regex (anchored at the start)
         #[arg(long, value_name = "RE")]
@@ -209,8 +287,10 @@ pub enum Command {
         print_token: bool,
     },
     /// End the saved token's life at pycomd and remove it
+    #[command(after_help = LOGOUT_EXAMPLES)]
     Logout,
     /// Who pycomd says the carried token belongs to, and its roles
+    #[command(after_help = WHOAMI_EXAMPLES)]
     Whoami,
     /// Users-file lines and pycomd's access policy
     #[command(after_help = AUTH_EXAMPLES)]
@@ -239,6 +319,26 @@ pub enum Command {
     Run {
         #[command(subcommand)]
         command: RunCommand,
+    },
+    /// Backups: a consistent snapshot of pycomd's registry, taken while it
+    /// runs (restore it with pycomd --restore)
+    #[command(after_help = SNAPSHOT_EXAMPLES)]
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+    /// Print a shell completion script for pycomctl
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print pycomctl's man page, or write one per subcommand into a directory
+    #[command(after_help = MAN_EXAMPLES)]
+    Man {
+        /// Write pycomctl.1 and pycomctl-<subcommand>.1 here instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -270,6 +370,14 @@ pub enum RunCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save a consistent snapshot of the registry (pycomd's snapshot
+    /// format, checked against its SHA-256) to FILE
+    #[command(after_help = SNAPSHOT_EXAMPLES)]
+    Save { file: std::path::PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum AuthCommand {
     /// Print a users-file line `USER:$argon2id$...` for a password (asked
     /// twice on the terminal); nothing is sent anywhere
@@ -289,9 +397,11 @@ pub enum AuthCommand {
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// This node's role, the leader, the term, the members, commit and applied indices
+    #[command(after_help = CLUSTER_EXAMPLES)]
     Status,
     /// Join a new node (started with the cluster's members and its own id):
     /// first as a learner, which catches up, then as a voter
+    #[command(after_help = CLUSTER_EXAMPLES)]
     Add {
         id: u64,
         /// Its Raft endpoint, host:port
@@ -302,8 +412,10 @@ pub enum ClusterCommand {
         client: String,
     },
     /// Remove a voter from the cluster
+    #[command(after_help = CLUSTER_EXAMPLES)]
     Remove { id: u64 },
     /// Hand the leadership to another voter
+    #[command(after_help = CLUSTER_EXAMPLES)]
     TransferLeader { id: u64 },
 }
 

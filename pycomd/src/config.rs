@@ -84,6 +84,12 @@ pub struct Settings {
     pub workflow_history_bytes: usize,
     /// Threads making workflows' calls: calls in flight at once.
     pub workflow_calls: usize,
+    /// The HTTP endpoint for operators (`/metrics`, `/health`, `/ready`):
+    /// `host:port`. Unset: `127.0.0.1:2015`, and a failure to bind it is a
+    /// warning (a second pycomd on the host); a configured address that
+    /// cannot be bound stops pycomd; empty: off.
+    #[serde(default)]
+    pub http_listen: Option<String>,
     /// The pub-sub forwarder (`[pubsub]`).
     pub pubsub: PubsubSettings,
     /// Access control (`[auth]`): off by default.
@@ -336,6 +342,7 @@ impl Default for Settings {
             workflow_run_bytes: 4 * 1024 * 1024,
             workflow_history_bytes: 512 * 1024 * 1024,
             workflow_calls: 32,
+            http_listen: None,
             pubsub: PubsubSettings::default(),
             auth: AuthSettings::default(),
             security: SecuritySettings::default(),
@@ -552,6 +559,14 @@ impl Settings {
             if let Some(endpoint) = endpoint.as_deref().filter(|e| !e.contains("://")) {
                 return Err(format!(
                     "{name} = '{endpoint}' is not a ZeroMQ endpoint (expected e.g. tcp://127.0.0.1:2013)"
+                ));
+            }
+        }
+        if let Some(address) = self.http_listen.as_deref().filter(|a| !a.is_empty()) {
+            let port = address.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(format!(
+                    "http_listen = '{address}' is not host:port (expected e.g. 127.0.0.1:2015, or \"\" for off)"
                 ));
             }
         }

@@ -17,13 +17,17 @@
 //! [`run`] is the whole daemon; `main.rs` only parses flags and sets up logs.
 
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod config;
+pub mod health;
+pub mod http;
 pub mod leases;
 pub mod limits;
 pub mod log;
 pub mod logging;
 pub mod mailbox;
+pub mod metrics;
 pub mod nameserver;
 pub mod notify;
 pub mod prober;
@@ -199,6 +203,12 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         _ => None,
     };
     let records = registry.state().len();
+    let http = http::start(&settings, || mailbox.poster()).map_err(Failure::Start)?;
+    if matches!(http, http::Started::Running(_)) {
+        health::spawn_write_probe(settings.data_dir.clone()).map_err(Failure::Start)?;
+    }
+    let mut tally = metrics::Tally::default();
+    tally.leased = registry.state().leased().count();
     let mut server = server::Server {
         router,
         mailbox,
@@ -224,6 +234,10 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         next_token_sweep: Instant::now(),
         import,
         workflow: engine,
+        metrics: tally,
+        handling: None,
+        http,
+        backup: Default::default(),
     };
     server.probe_all();
     server.resume_workflows();

@@ -76,6 +76,13 @@ pub enum Event {
     Verified(crate::auth::hasher::Verdict),
     /// A workflow step's call came back.
     WorkflowCalled(Box<crate::workflow::calls::Called>),
+    /// The HTTP endpoint wants the numbers for `/metrics`, `/health`, `/ready`.
+    Scrape(std::sync::mpsc::SyncSender<Box<crate::metrics::Numbers>>),
+    /// A backup's snapshot, encoded off the server thread (or why not).
+    BackupEncoded {
+        id: u64,
+        result: Result<crate::backup::Encoded, String>,
+    },
     Signal(Signal),
 }
 

@@ -35,6 +35,16 @@ struct Cli {
     /// 0 when valid, 2 with the error. Opens no data dir, binds nothing
     #[arg(long)]
     check_config: bool,
+    /// Make the data dir (--data-dir, or the configuration's) hold the
+    /// registry in FILE, a snapshot `pycomctl snapshot save` took, and
+    /// exit: 0 when restored, 2 when FILE is damaged or the data dir is not
+    /// empty. Start pycomd on the data dir afterwards
+    #[arg(long, value_name = "FILE")]
+    restore: Option<PathBuf>,
+    /// With --restore: replace a data dir that is not empty (what it holds
+    /// is moved into DIR/replaced-<time>/)
+    #[arg(long, requires = "restore")]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +78,9 @@ fn main() -> ExitCode {
             settings.listen
         );
     }
+    if let Some(file) = &cli.restore {
+        return restore(file, &settings.data_dir, cli.force);
+    }
     if cli.check_config {
         // The users file and grants are checked as a start would.
         if settings.auth.enabled {
@@ -92,6 +105,33 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Unwritten(_)) => ExitCode::FAILURE,
+    }
+}
+
+/// `--restore FILE`: the data dir made from a backup, or why not.
+fn restore(file: &std::path::Path, data_dir: &std::path::Path, force: bool) -> ExitCode {
+    match pycomd::backup::restore(file, data_dir, force) {
+        Ok(done) => {
+            if let Some(aside) = &done.moved_aside {
+                println!("moved what {} held into {}", data_dir.display(), aside.display());
+            }
+            println!(
+                "restored {} records and {} logins at revision {} (log entry {}) from {} into {}; start pycomd with --data-dir {}",
+                done.records,
+                done.tokens,
+                done.revision,
+                done.index,
+                file.display(),
+                data_dir.display(),
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pycomd: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

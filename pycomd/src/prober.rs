@@ -470,6 +470,7 @@ impl Prober {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        crate::health::PROBES.missed();
         let limit = self.settings.failures;
         let mut unreachable = Vec::new();
         let mut worst = 0;
@@ -713,6 +714,7 @@ impl Prober {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        crate::health::PROBES.answered();
         let Link::Probing {
             slot: probing,
             deadline,

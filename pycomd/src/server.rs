@@ -23,6 +23,7 @@ use crate::log::snapshot::Snapshot;
 use crate::log::{Committed, Log, LogId, Proposal, Refused, ReplyTo};
 use crate::logging::LogControl;
 use crate::mailbox::{Event, Mailbox, Signal};
+use crate::metrics::{self, Label};
 use crate::nameserver::{self, Context, Plan, Stats};
 use crate::notify;
 use crate::prober::ProbeCmd;
@@ -85,7 +86,7 @@ pub struct Server {
     /// This node's part in a cluster, if it is in one.
     pub cluster: Option<cluster::Node>,
     /// Cluster changes asked and not yet done: who asked.
-    pub admin_pending: std::collections::HashMap<u64, Vec<zmq::Message>>,
+    pub admin_pending: std::collections::HashMap<u64, (Vec<zmq::Message>, Label)>,
     pub next_admin: u64,
     /// Access control, when it is on.
     pub auth: Option<auth::methods::Auth>,
@@ -95,6 +96,16 @@ pub struct Server {
     pub import: Option<cluster::import::Import>,
     /// The workflow engine, when pycomd hosts workflows.
     pub workflow: Option<workflow::Engine>,
+    /// Counters for `/metrics` only the server thread writes.
+    pub metrics: metrics::Tally,
+    /// The request being handled, as labels (`None` between requests): its
+    /// reply, if made at once, is counted when `handle` returns; a reply
+    /// made later is counted where it is made.
+    pub handling: Option<Label>,
+    /// The HTTP endpoint, for `stat`.
+    pub http: crate::http::Started,
+    /// A backup being taken by `pycomctl snapshot save`.
+    pub backup: crate::backup::Backups,
 }
 
 /// How the server stopped.
@@ -128,10 +139,12 @@ impl Server {
                 let steps = engine.due(&self.registry, now);
                 self.workflow_steps(steps);
             }
+            self.backup.expire(now);
             if let Some(node) = &mut self.cluster {
                 node.relay.expire(now, &mut self.outbox);
                 for reply in self.log.overdue(now) {
                     self.stats.faults += 1;
+                    self.metrics.count(reply.label, metrics::Code::Number(7));
                     let fault = cluster::Outcome::Unknown.fault(format_args!(
                         "the write was not committed within write_timeout_ms = {}",
                         self.log.write_timeout().map_or(0, |t| t.as_millis())
@@ -266,12 +279,29 @@ impl Server {
         // One clock reading for the requests of a batch; another after each
         // to end the batch early when a big read took long, so that the
         // replies waiting in it go out and other peers get their turn.
+        //
+        // The reading after one request is the start of the next: a
+        // locate's latency (to its reply being queued) costs no extra clock.
         let now = Instant::now();
+        let mut before = now;
         for _ in 0..BATCH {
             match router::recv(&self.router, self.settings.max_message_bytes) {
                 Ok(Some(incoming)) => {
+                    let queued = self.outbox.len();
+                    self.handling = Some(Label::OTHER);
                     self.handle(incoming, now);
-                    if now.elapsed() > BATCH_TIME {
+                    let label = self.handling.take().unwrap_or(Label::OTHER);
+                    let after = Instant::now();
+                    if self.outbox.len() > queued {
+                        if let Some((status, body)) = self.outbox.last() {
+                            self.metrics.count(label, metrics::Code::of_reply(status, body));
+                        }
+                        if label == Label::LOCATE {
+                            self.metrics.locate.observe(after.duration_since(before));
+                        }
+                    }
+                    before = after;
+                    if after.duration_since(now) > BATCH_TIME {
                         return;
                     }
                 }
@@ -312,6 +342,8 @@ impl Server {
                 return self.reply_fault(envelope, &Fault::bad_request(message));
             }
         };
+        let label = Label::of(&request.interface, &request.method);
+        self.handling = Some(label);
         if parts.len() > 2 || frames > envelope.len() + parts.len() {
             let fault = Fault::bad_request(format!(
                 "{INTERFACE} takes no attachments; the request had {} frame(s) after its body",
@@ -363,6 +395,9 @@ impl Server {
                 .flatten();
             return self.workflow_admin(envelope, &caller, token, &request.method, request.args);
         }
+        if request.interface == crate::backup::INTERFACE {
+            return self.backup_request(envelope, &caller, &request.method, request.args, now);
+        }
         if request.interface == pycom_client::pubsub::wire::INTERFACE {
             let body = match &self.pubsub {
                 pubsub::Started::Running(forwarder) => {
@@ -396,6 +431,7 @@ impl Server {
             now,
             replies: &mut self.replies,
             pubsub: &self.pubsub,
+            http: &self.http,
             probe_failures: &self.probe_failures,
             cluster: self.cluster.as_ref().map(|n| &n.status),
             workflows: self.workflow.as_ref().map(|e| (e.hosted.len(), &e.stats)),
@@ -414,7 +450,7 @@ impl Server {
                 self.reply_fault(envelope, &fault)
             }
             Plan::Read(Err(fault)) => self.reply_fault(envelope, &fault),
-            Plan::Write(command) => self.propose(command, Some(ReplyTo::to(envelope))),
+            Plan::Write(command) => self.propose(command, Some(ReplyTo::to(envelope, label, now))),
             Plan::Body { body, fault } => {
                 if fault {
                     self.stats.faults += 1;
@@ -458,7 +494,10 @@ impl Server {
         match step {
             Step::Reply(Ok(body)) => self.outbox.push(envelope, proto::STATUS_OK, body),
             Step::Reply(Err(fault)) => self.reply_fault(envelope, &fault),
-            Step::Write(command) => self.propose(command, Some(ReplyTo::to(envelope))),
+            Step::Write(command) => {
+                let label = self.handling.unwrap_or(Label::OTHER);
+                self.propose(command, Some(ReplyTo::to(envelope, label, Instant::now())))
+            }
             Step::Verify { user, password } => {
                 let Some(a) = &mut self.auth else {
                     return;
@@ -496,7 +535,7 @@ impl Server {
             Outcome::Wrong(held) => Err(held),
             Outcome::Held(wait) => {
                 a.stats.logins_throttled += 1;
-                return self.reply_fault(verdict.envelope, &auth::throttle::held_fault(wait));
+                return self.answer_login(verdict.envelope, &auth::throttle::held_fault(wait));
             }
         };
         let roles = match roles {
@@ -505,14 +544,14 @@ impl Server {
                 a.stats.login_failures += 1;
                 info!(user = ?verdict.user, held_s = held.map(|d| d.as_secs()), "a login failed");
                 let fault = Fault::denied("authenticate: wrong user name or password");
-                return self.reply_fault(verdict.envelope, &fault);
+                return self.answer_login(verdict.envelope, &fault);
             }
         };
         a.stats.logins += 1;
         let token = match pycom_client::auth::new_token() {
             Ok(token) => token,
             Err(e) => {
-                return self.reply_fault(
+                return self.answer_login(
                     verdict.envelope,
                     &Fault::unavailable(format!("authenticate: {e}")),
                 )
@@ -528,10 +567,17 @@ impl Server {
             keep: a.policy.max_tokens_per_user,
         };
         let reply = ReplyTo {
-            envelope: verdict.envelope,
             token: Some(token),
+            ..ReplyTo::to(verdict.envelope, Label::AUTHENTICATE, Instant::now())
         };
         self.propose(command, Some(reply));
+    }
+
+    /// A login refused after its password check (or without one).
+    fn answer_login(&mut self, envelope: Vec<zmq::Message>, fault: &Fault) {
+        self.metrics
+            .count(Label::AUTHENTICATE, metrics::Code::Number(fault.code.as_number()));
+        self.reply_fault(envelope, fault);
     }
 
     /// The leader proposes what is left of a single node's registry.
@@ -649,7 +695,9 @@ impl Server {
             Plan::Reply(Err(fault)) => self.reply_fault(envelope, &fault),
             Plan::Write(workflow::Step::Propose(command))
             | Plan::Started(_, Some(workflow::Step::Propose(command))) => {
-                self.propose(Command::Run(Box::new(command)), Some(ReplyTo::to(envelope)))
+                let label = self.handling.unwrap_or(Label::OTHER);
+                let reply = ReplyTo::to(envelope, label, Instant::now());
+                self.propose(Command::Run(Box::new(command)), Some(reply))
             }
             Plan::Started(run_id, None) => self.outbox.push(
                 envelope,
@@ -709,7 +757,8 @@ impl Server {
         });
         match asked {
             Ok(id) => {
-                self.admin_pending.insert(id, envelope);
+                let label = self.handling.unwrap_or(Label::OTHER);
+                self.admin_pending.insert(id, (envelope, label));
             }
             Err(fault) => self.reply_fault(envelope, &fault),
         }
@@ -724,10 +773,16 @@ impl Server {
         // A login may wait behind others for a password check: it gets
         // longer than a write.
         let timeout = (method == "authenticate").then_some(LOGIN_RELAY_TIMEOUT);
-        if let Err((envelope, fault)) = node.relay.forward(envelope, parts, method, now, timeout) {
-            self.stats.faults += 1;
-            let body = cluster::outcome_fault(&fault, cluster::Outcome::NotApplied, node.relay.leader());
-            self.outbox.push(envelope, proto::STATUS_OK, body);
+        match node.relay.forward(envelope, parts, method, now, timeout) {
+            // The leader answers and counts it; here it counts as relayed.
+            Ok(()) => self
+                .metrics
+                .count(self.handling.unwrap_or(Label::OTHER), metrics::Code::Relayed),
+            Err((envelope, fault)) => {
+                self.stats.faults += 1;
+                let body = cluster::outcome_fault(&fault, cluster::Outcome::NotApplied, node.relay.leader());
+                self.outbox.push(envelope, proto::STATUS_OK, body);
+            }
         }
     }
 
@@ -755,15 +810,15 @@ impl Server {
             engine.not_written((**run).clone(), fault);
         }
         match (&proposal.command, proposal.reply) {
-            (_, Some(reply)) => match outcome {
-                Some(outcome) => {
-                    self.stats.faults += 1;
-                    let leader = self.cluster.as_ref().and_then(|n| n.leader_elsewhere());
-                    let body = cluster::outcome_fault(fault, outcome, leader);
-                    self.outbox.push(reply.envelope, proto::STATUS_OK, body);
+            (_, Some(reply)) => {
+                // Refused while its request is handled, it is counted as
+                // the request's reply then.
+                if self.handling.is_none() {
+                    self.metrics
+                        .count(reply.label, metrics::Code::Number(fault.code.as_number()));
                 }
-                None => self.reply_fault(reply.envelope, fault),
-            },
+                self.not_written_reply(reply, fault, outcome)
+            }
             (Command::Expire { service, .. }, None) => self.leases.retry(service, Instant::now()),
             (Command::ProbeFailed { service, revision }, None) => {
                 // Probe it again: the verdict will come back.
@@ -787,6 +842,18 @@ impl Server {
                 command = command.name(),
                 "a write was not made: {}", fault.message
             ),
+        }
+    }
+
+    fn not_written_reply(&mut self, reply: ReplyTo, fault: &Fault, outcome: Option<cluster::Outcome>) {
+        match outcome {
+            Some(outcome) => {
+                self.stats.faults += 1;
+                let leader = self.cluster.as_ref().and_then(|n| n.leader_elsewhere());
+                let body = cluster::outcome_fault(fault, outcome, leader);
+                self.outbox.push(reply.envelope, proto::STATUS_OK, body);
+            }
+            None => self.reply_fault(reply.envelope, fault),
         }
     }
 
@@ -845,6 +912,7 @@ impl Server {
                 } => {
                     if let Some(reply) = self.log.refused(seq) {
                         self.stats.faults += 1;
+                        self.metrics.count(reply.label, metrics::Code::Number(7));
                         let fault = match outcome {
                             cluster::Outcome::NotApplied => {
                                 outcome.fault(format_args!("the write was not applied: {why}"))
@@ -857,7 +925,12 @@ impl Server {
                 }
                 Event::Applied(log_id) => self.applied = self.applied.max(log_id),
                 Event::AdminDone { id, result } => {
-                    if let Some(envelope) = self.admin_pending.remove(&id) {
+                    if let Some((envelope, label)) = self.admin_pending.remove(&id) {
+                        let code = match &result {
+                            Ok(_) => 0,
+                            Err(fault) => fault.code.as_number(),
+                        };
+                        self.metrics.count(label, metrics::Code::Number(code));
                         match result {
                             Ok(value) => self.outbox.push(
                                 envelope,
@@ -884,6 +957,7 @@ impl Server {
                         "installing the leader's snapshot"
                     );
                     self.registry.replace_state(state);
+                    self.metrics.leased = self.registry.state().leased().count();
                     self.applied = last;
                     if let Some(a) = &mut self.auth {
                         a.view.sync(self.registry.state().tokens());
@@ -936,6 +1010,13 @@ impl Server {
                         self.workflow_steps(steps);
                     }
                 }
+                Event::Scrape(answer) => {
+                    let started = Instant::now();
+                    let numbers = Box::new(self.scrape());
+                    self.metrics.scrape_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let _ = answer.try_send(numbers);
+                }
+                Event::BackupEncoded { id, result } => self.backup_encoded(id, result),
                 Event::Signal(Signal::Reload) => self.reload(),
                 Event::Signal(Signal::Stop(name)) => {
                     if matches!(flow, Flow::Serve) {
@@ -972,6 +1053,7 @@ impl Server {
         let now = Instant::now();
         for change in &changes {
             let record = &change.record;
+            self.metrics.follow(change);
             let what = match change.kind {
                 ChangeKind::Registered => "registered",
                 ChangeKind::Updated => "updated",
@@ -1026,6 +1108,8 @@ impl Server {
                 if result.is_err() {
                     self.stats.faults += 1;
                 }
+                let code = run_result.as_ref().map_or_else(|f| f.code.as_number(), |()| 0);
+                self.metrics.count(reply.label, metrics::Code::Number(code));
                 let body = workflow::admin::written(run, &run_result);
                 self.outbox.push(reply.envelope, proto::STATUS_OK, body);
             }
@@ -1035,6 +1119,14 @@ impl Server {
         if let Some(reply) = reply {
             if result.is_err() {
                 self.stats.faults += 1;
+            }
+            let code = match &result {
+                Ok(_) => 0,
+                Err(fault) => fault.code.as_number(),
+            };
+            self.metrics.count(reply.label, metrics::Code::Number(code));
+            if reply.label == Label::REGISTER {
+                self.metrics.register.observe(reply.received.elapsed());
             }
             let body = match (&result, &reply.token) {
                 (Ok(Applied::LoggedIn { expires_ms, .. }), Some(token)) => proto::encode_response(
@@ -1225,6 +1317,162 @@ impl Server {
         }
         if !restart.is_empty() {
             warn!("changed but only applied on restart: {}", restart.join(", "));
+        }
+    }
+}
+
+impl Server {
+    /// Everything `/metrics`, `/health` and `/ready` report, copied now.
+    fn scrape(&self) -> metrics::Numbers {
+        let leader = match &self.cluster {
+            Some(node) if node.status.cut_off => Err(
+                "this cluster member has not heard from a majority or a leader for longer than an election timeout"
+                    .to_string(),
+            ),
+            Some(node) if node.status.leader.is_none() => {
+                Err("this cluster member knows no leader (an election is under way, or it is cut off)".to_string())
+            }
+            _ => Ok(()),
+        };
+        metrics::Numbers {
+            tally: self.metrics.clone(),
+            uptime_s: self.stats.started.elapsed().as_secs(),
+            records: self.registry.state().len(),
+            revision: self.registry.state().revision(),
+            leases: self.leases.len(),
+            dropped_replies: self.stats.dropped_replies,
+            pending_reply_bytes: self.replies.pending_bytes(),
+            log: self.log.stats(),
+            pubsub: self.pubsub.running().map(|p| p.stat()),
+            auth: self.auth.as_ref().map(|a| a.stats.clone()),
+            cluster: self.cluster.as_ref().map(|n| n.status.clone()),
+            workflow_runs: match &self.workflow {
+                Some(_) => self.registry.state().runs().by_state(),
+                None => Vec::new(),
+            },
+            ready: crate::health::STORE.ready().and(leader),
+        }
+    }
+}
+
+impl Server {
+    /// `org.pycom.admin`: `snapshot` (a backup, answered once encoded) and
+    /// `snapshot_chunk` (a piece of it). Only the admin may, with access
+    /// control on: a backup holds every record and login.
+    fn backup_request(
+        &mut self,
+        envelope: Vec<zmq::Message>,
+        caller: &auth::Caller,
+        method: &str,
+        args: Option<&serde_json::value::RawValue>,
+        now: Instant,
+    ) {
+        if let Some(a) = &mut self.auth {
+            if !caller.is_admin() {
+                a.stats.denied_admin += 1;
+                let fault = Fault::denied(format!(
+                    "{} may not call {}.{method}: only the admin role may take backups",
+                    caller.name(),
+                    crate::backup::INTERFACE
+                ));
+                return self.reply_fault(envelope, &fault);
+            }
+        }
+        let chunk_bytes = crate::backup::chunk_bytes(self.settings.max_reply_bytes);
+        match method {
+            "snapshot" => {
+                if self.backup.encoding() {
+                    let fault = Fault::unavailable(
+                        "snapshot: another backup is being taken now: retry once it is answered",
+                    );
+                    return self.reply_fault(envelope, &fault);
+                }
+                let poster = match self.mailbox.poster() {
+                    Ok(poster) => poster,
+                    Err(e) => {
+                        return self.reply_fault(envelope, &Fault::unavailable(format!("snapshot: {e}")))
+                    }
+                };
+                // The state as of the last applied entry: consistent, and
+                // taken in a blink (the records are shared, not copied).
+                let snapshot = Snapshot::of(self.registry.state(), self.applied);
+                let label = self.handling.unwrap_or(Label::OTHER);
+                let id = self.backup.begin(envelope, label);
+                info!(
+                    revision = snapshot.revision,
+                    index = snapshot.last.index,
+                    records = snapshot.records.len(),
+                    "taking a backup"
+                );
+                let spawned = std::thread::Builder::new()
+                    .name("pycomd-backup".into())
+                    .spawn(move || {
+                        let result = crate::backup::encode(&snapshot);
+                        drop(snapshot);
+                        poster.post(Event::BackupEncoded { id, result });
+                    });
+                if let Err(e) = spawned {
+                    self.backup_encoded(id, Err(format!("cannot start the backup's thread: {e}")));
+                }
+            }
+            "snapshot_chunk" => {
+                let args: Result<crate::backup::ChunkArgs, Fault> = args
+                    .ok_or_else(|| Fault::bad_request("snapshot_chunk: args {id, offset} are required"))
+                    .and_then(|raw| {
+                        serde_json::from_str(raw.get())
+                            .map_err(|e| Fault::bad_request(format!("snapshot_chunk: {e}")))
+                    });
+                let body = match args.and_then(|a| self.backup.chunk(a.id, a.offset, chunk_bytes, now)) {
+                    Ok(chunk) => proto::encode_response(Ok(&chunk), None),
+                    Err(fault) => {
+                        self.stats.faults += 1;
+                        proto::encode_fault(&fault, None)
+                    }
+                };
+                self.outbox.push(envelope, proto::STATUS_OK, body);
+            }
+            other => {
+                let fault = Fault::new(
+                    pycom_client::Code::MethodNotFound,
+                    format!("interface {} has no method '{other}'", crate::backup::INTERFACE),
+                );
+                self.reply_fault(envelope, &fault);
+            }
+        }
+    }
+
+    /// A backup's snapshot is encoded: answer whoever asked for it.
+    fn backup_encoded(&mut self, id: u64, result: Result<crate::backup::Encoded, String>) {
+        let chunk_bytes = crate::backup::chunk_bytes(self.settings.max_reply_bytes);
+        let Some((envelope, label, answer)) = self.backup.finish(id, result, chunk_bytes, Instant::now())
+        else {
+            return;
+        };
+        match answer {
+            Ok(taken) => {
+                info!(
+                    revision = taken.revision,
+                    bytes = taken.bytes,
+                    sha256 = %taken.sha256,
+                    "backup taken"
+                );
+                if self.handling.is_none() {
+                    self.metrics.count(label, metrics::Code::Number(0));
+                }
+                self.outbox.push(
+                    envelope,
+                    proto::STATUS_OK,
+                    proto::encode_response(Ok(&taken), None),
+                );
+            }
+            Err(fault) => {
+                error!("a backup failed: {}", fault.message);
+                if self.handling.is_none() {
+                    self.metrics
+                        .count(label, metrics::Code::Number(fault.code.as_number()));
+                }
+                self.reply_fault(envelope, &fault);
+            }
         }
     }
 }

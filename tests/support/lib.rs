@@ -119,6 +119,9 @@ impl Daemon {
         let mut all: Vec<(String, String)> = vec![
             ("PYCOMD_PUBSUB__XSUB".into(), xsub.clone()),
             ("PYCOMD_PUBSUB__XPUB".into(), xpub.clone()),
+            // A port the system picks: parallel tests never share the
+            // default (stat says where it is: Daemon::http_address).
+            ("PYCOMD_HTTP_LISTEN".into(), "127.0.0.1:0".into()),
         ];
         for (k, v) in env {
             all.retain(|(name, _)| name != k);
@@ -285,6 +288,15 @@ impl Daemon {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// Where its HTTP endpoint (metrics, health) listens, as stat says.
+    pub fn http_address(&self) -> String {
+        let stat = self.ns().stat().expect("stat");
+        stat.get("http")
+            .and_then(|h| h.as_str())
+            .unwrap_or_else(|| panic!("stat says the HTTP endpoint is off: {stat}"))
+            .to_string()
     }
 
     /// Resident memory of the daemon, from /proc.
@@ -575,4 +587,32 @@ impl Drop for Streamed {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP exchange with pycomd's endpoint at `address` (`host:port`):
+/// the raw request `request` (e.g. "GET /metrics HTTP/1.1\r\n\r\n"), then
+/// (status, body) once it closes the connection.
+pub fn http_raw(address: &str, request: &[u8]) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+/// `GET path` on pycomd's HTTP endpoint: (status, body).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    http_raw(address, request.as_bytes()).unwrap_or_else(|e| panic!("GET {path} from {address}: {e}"))
 }

@@ -3,6 +3,7 @@
 mod auth;
 mod call;
 mod cluster;
+mod ops;
 mod pubsub;
 mod registry;
 mod workflow;
@@ -102,6 +103,11 @@ pub fn run(cli: &Cli, nameserver_from: &str) -> Result<(), Failure> {
     } = &cli.command
     {
         return auth::passwd(user, *password_stdin);
+    }
+    match &cli.command {
+        Command::Completions { shell } => return ops::completions(*shell),
+        Command::Man { dir } => return ops::man(dir.as_deref()),
+        _ => {}
     }
     let endpoints = endpoint::parse_list(&cli.nameserver)
         .map_err(|why| Failure::Usage(format!("{nameserver_from} {why}")))?;
@@ -258,6 +264,11 @@ fn dispatch(cli: &Cli, ctx: &Context, token: Option<&Source>) -> Result<(), Fail
                 retries: *retry,
             },
         ),
+        Command::Snapshot {
+            command: crate::SnapshotCommand::Save { file },
+        } => ops::save(cli, ctx, file),
+        Command::Completions { shell } => ops::completions(*shell),
+        Command::Man { dir } => ops::man(dir.as_deref()),
         Command::Pub { topic, body, attach } => pubsub::publish(cli, ctx, topic, body, attach),
         Command::Sub {
             patterns,

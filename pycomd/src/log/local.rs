@@ -240,7 +240,16 @@ impl Writer {
             wal::encode_frame(&mut self.buf, &payload);
             ids.push(entry.log_id);
         }
-        match self.wal.append(&self.buf, batch.len() as u64) {
+        let started = std::time::Instant::now();
+        let appended = self.wal.append(&self.buf, batch.len() as u64);
+        crate::health::STORE.synced(
+            appended
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| e as &dyn std::fmt::Display),
+            started.elapsed(),
+        );
+        match appended {
             Ok(()) => {
                 let n = batch.len() as u64;
                 self.counters.writes.fetch_add(n, Ordering::Relaxed);

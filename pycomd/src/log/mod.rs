@@ -57,13 +57,23 @@ pub struct ReplyTo {
     pub envelope: Vec<zmq::Message>,
     /// A login's new token, for its reply only: the log holds its hash.
     pub token: Option<String>,
+    /// What the request was, for `/metrics`.
+    pub label: crate::metrics::Label,
+    /// When the request arrived: a register's latency runs to its reply.
+    pub received: std::time::Instant,
 }
 
 impl ReplyTo {
-    pub fn to(envelope: Vec<zmq::Message>) -> ReplyTo {
+    pub fn to(
+        envelope: Vec<zmq::Message>,
+        label: crate::metrics::Label,
+        received: std::time::Instant,
+    ) -> ReplyTo {
         ReplyTo {
             envelope,
             token: None,
+            label,
+            received,
         }
     }
 }

@@ -124,9 +124,25 @@ pub fn write(dir: &Path, snapshot: &Snapshot, sync: bool) -> io::Result<(PathBuf
     Ok((target, (HEADER + payload.len()) as u64))
 }
 
+/// A snapshot file's bytes: the header, then `payload` ([`Snapshot::encode`]).
+pub fn file_bytes(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
 /// Read and verify a snapshot. The error says what is wrong with the file.
 pub fn read(path: &Path) -> Result<SnapshotData, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    verify(&bytes)
+}
+
+/// Verify a snapshot file's bytes and decode them; the error says what is
+/// wrong ("it ...").
+pub fn verify(bytes: &[u8]) -> Result<SnapshotData, String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err("does not start with pycomd's snapshot header".into());
     }

@@ -264,6 +264,7 @@ mod tests {
         let (settings, stats) = (Settings::default(), Stats::default());
         let (mut leases, mut replies) = (Leases::default(), Replies::default());
         let off = crate::pubsub::Started::Off("not in this test".into());
+        let http = crate::http::Started::Off("not in this test".into());
         let (mut seen, mut after, mut pages) = (Vec::new(), None::<String>, 0);
         loop {
             let mut args = filter.clone();
@@ -280,6 +281,7 @@ mod tests {
                 now: std::time::Instant::now(),
                 replies: &mut replies,
                 pubsub: &off,
+                http: &http,
                 probe_failures: &Default::default(),
                 cluster: None,
                 workflows: None,

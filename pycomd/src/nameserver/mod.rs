@@ -67,6 +67,8 @@ pub struct Context<'a> {
     pub replies: &'a mut Replies,
     /// The pub-sub forwarder, for `stat`.
     pub pubsub: &'a crate::pubsub::Started,
+    /// The HTTP endpoint, for `stat`.
+    pub http: &'a crate::http::Started,
     /// Consecutive unanswered probes by address (`list_services` long).
     pub probe_failures: &'a crate::registry::Map<String, u32>,
     /// Workflows hosted and the engine's counters (for `stat`).

@@ -22,6 +22,8 @@ struct Stat<'a> {
     pending_reply_bytes: usize,
     store: LogStats,
     pubsub: Pubsub,
+    /// The HTTP endpoint's address (metrics, health), or why it is off.
+    http: Http<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<&'a crate::cluster::Status>,
     /// Logins and refusals by kind (access control on).
@@ -50,6 +52,13 @@ enum Pubsub {
     Off { off: String },
 }
 
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Http<'a> {
+    Running(&'a str),
+    Off { off: &'a str },
+}
+
 pub fn stat(ctx: &mut Context) -> Plan {
     let stats = ctx.stats;
     Plan::reply(Ok(Stat {
@@ -68,6 +77,10 @@ pub fn stat(ctx: &mut Context) -> Plan {
         pubsub: match ctx.pubsub {
             crate::pubsub::Started::Running(forwarder) => Pubsub::Running(forwarder.stat()),
             crate::pubsub::Started::Off(why) => Pubsub::Off { off: why.clone() },
+        },
+        http: match ctx.http {
+            crate::http::Started::Running(address) => Http::Running(address),
+            crate::http::Started::Off(why) => Http::Off { off: why },
         },
         cluster: ctx.cluster,
         auth: ctx.auth_stats,

@@ -342,6 +342,27 @@ impl Runs {
             .filter_map(|(_, id)| self.runs.get(id))
     }
 
+    /// How many runs are in each state, every state named (zeros too).
+    pub fn by_state(&self) -> Vec<(String, u64)> {
+        let mut counts: BTreeMap<RunState, u64> = [
+            RunState::Running,
+            RunState::Succeeded,
+            RunState::Failed,
+            RunState::Cancelled,
+            RunState::Interrupted,
+        ]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+        for run in self.runs.values() {
+            *counts.entry(run.state).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(s, n)| (s.name().to_string(), n))
+            .collect()
+    }
+
     /// Runs still running.
     pub fn active(&self) -> impl Iterator<Item = &Run> {
         self.runs.values().filter(|r| r.state == RunState::Running)

@@ -41,11 +41,14 @@ pub struct Called {
     pub took: Duration,
 }
 
+/// The queue the threads share.
+type Queue = Arc<Mutex<Receiver<Job>>>;
+
 pub struct Pool {
     jobs: Sender<Job>,
     /// What the threads are started with, at the first call (a pycomd
     /// whose workflows directory is empty starts none).
-    idle: Option<(zmq::Context, Vec<Poster>, Arc<Mutex<Receiver<Job>>>)>,
+    idle: Option<(zmq::Context, Vec<Poster>, Queue)>,
 }
 
 impl Pool {

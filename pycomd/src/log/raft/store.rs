@@ -229,10 +229,17 @@ fn settle(file: &mut File, waiting: &mut Vec<(io::Result<()>, Done)>, sync: bool
     if waiting.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     let synced = if sync { file.sync_data() } else { Ok(()) };
     if let Err(e) = &synced {
         error!("the Raft log could not be made durable: {e}");
     }
+    let written = waiting.iter().find_map(|(r, _)| r.as_ref().err());
+    let outcome = match (written, &synced) {
+        (Some(e), _) | (None, Err(e)) => Err(e as &dyn std::fmt::Display),
+        (None, Ok(())) => Ok(()),
+    };
+    crate::health::STORE.synced(outcome, started.elapsed());
     for (result, done) in waiting.drain(..) {
         let result = match (&result, &synced) {
             (Ok(()), Ok(())) => Ok(()),
