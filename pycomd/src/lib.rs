@@ -203,6 +203,10 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         _ => None,
     };
     let records = registry.state().len();
+    let mut engine = engine;
+    if let Some(e) = &mut engine {
+        e.set_auth(auth.is_some());
+    }
     let http = http::start(&settings, || mailbox.poster()).map_err(Failure::Start)?;
     if matches!(http, http::Started::Running(_)) {
         health::spawn_write_probe(settings.data_dir.clone()).map_err(Failure::Start)?;

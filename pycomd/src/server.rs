@@ -614,8 +614,37 @@ impl Server {
         for step in steps {
             match step {
                 workflow::Step::Propose(command) => self.propose(Command::Run(Box::new(command)), None),
+                workflow::Step::Login(principal) => self.run_as_login(principal),
             }
         }
+    }
+
+    /// A workflow's `run_as` principal is logged in by pycomd itself: a
+    /// `Login` through the log like a user's, the token kept in memory.
+    fn run_as_login(&mut self, principal: String) {
+        let (Some(a), Some(engine)) = (&self.auth, &mut self.workflow) else {
+            return;
+        };
+        let Some(roles) = a.policy.roles_of(&principal) else {
+            engine.login_failed(&principal, "no such user in the users file");
+            return;
+        };
+        let token = match pycom_client::auth::new_token() {
+            Ok(token) => token,
+            Err(e) => return engine.login_failed(&principal, &e),
+        };
+        let sha256 = auth::hex(&auth::digest(&token));
+        let expires_ms = auth::unix_ms().saturating_add(a.policy.token_ttl.as_millis() as u64);
+        info!(principal = %principal, "logging in a workflow's run_as principal");
+        engine.minting(&principal, token, sha256.clone(), expires_ms);
+        let command = Command::Login {
+            token_sha256: sha256,
+            name: principal,
+            roles,
+            expires_ms,
+            keep: a.policy.max_tokens_per_user,
+        };
+        self.propose(command, None);
     }
 
     /// Requests waiting on workflow endpoint `i`: task calls start runs.
@@ -693,12 +722,14 @@ impl Server {
                 proto::encode_response(Ok(&value), None),
             ),
             Plan::Reply(Err(fault)) => self.reply_fault(envelope, &fault),
-            Plan::Write(workflow::Step::Propose(command))
-            | Plan::Started(_, Some(workflow::Step::Propose(command))) => {
-                let label = self.handling.unwrap_or(Label::OTHER);
-                let reply = ReplyTo::to(envelope, label, Instant::now());
-                self.propose(Command::Run(Box::new(command)), Some(reply))
-            }
+            Plan::Write(step) | Plan::Started(_, Some(step)) => match step {
+                workflow::Step::Propose(command) => {
+                    let label = self.handling.unwrap_or(Label::OTHER);
+                    let reply = ReplyTo::to(envelope, label, Instant::now());
+                    self.propose(Command::Run(Box::new(command)), Some(reply))
+                }
+                other => self.workflow_steps(vec![other]),
+            },
             Plan::Started(run_id, None) => self.outbox.push(
                 envelope,
                 proto::STATUS_OK,
@@ -828,6 +859,11 @@ impl Server {
                         address: record.address.clone(),
                         revision: *revision,
                     });
+                }
+            }
+            (Command::Login { name, .. }, None) if self.workflow.is_some() && self.import.is_none() => {
+                if let Some(engine) = &mut self.workflow {
+                    engine.login_failed(name, &fault.message);
                 }
             }
             // Only an import proposes these without a client: it proposes
@@ -1049,6 +1085,9 @@ impl Server {
             if a.view.apply(&command, applied) {
                 a.principals.clear();
             }
+        }
+        if let (Command::Login { token_sha256, .. }, Some(engine)) = (&command, &mut self.workflow) {
+            engine.logged_in(token_sha256, &self.registry);
         }
         let now = Instant::now();
         for change in &changes {

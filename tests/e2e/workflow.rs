@@ -675,3 +675,85 @@ fn running_runs_are_bounded_and_sighup_reloads_definitions() {
         json!("quick")
     );
 }
+
+/// Under access control a run's calls carry its starter's token, or the
+/// token pycomd logs the definition's `run_as` principal in for; a caller
+/// without a call grant for the workflow is refused.
+#[test]
+fn under_access_control_steps_carry_the_starters_token_or_run_as() {
+    let setup = pycom_e2e::auth::AuthSetup::new(
+        &[("alice", "alice-pw"), ("wfbot", "bot-pw"), ("root", "root-pw")],
+        r#"
+[auth.roles]
+billing = ["alice"]
+bots = ["wfbot"]
+admin = ["root"]
+
+[[auth.grant]]
+role = "billing"
+call = ["org.pycom.workflow", "t.*"]
+
+[[auth.grant]]
+role = "bots"
+call = ["t.*"]
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_defs(
+        dir.path(),
+        &[
+            (
+                "who.json",
+                json!({"service": "/t/who", "tasks": {"who": [{"interface": "t.guard"}]}}),
+            ),
+            (
+                "bot.json",
+                json!({"service": "/t/bot", "run_as": "wfbot", "tasks": {"who": [{"interface": "t.guard"}]}}),
+            ),
+        ],
+    );
+    let path = dir.path().display().to_string();
+    let d = setup.start_with(&[("PYCOMD_WORKFLOWS_DIR", path.as_str())]);
+    let root = ctx(&d);
+    root.login("root", "root-pw").unwrap();
+    let guarded = Interface::new("t.guard")
+        .auth(pycom_client::service::Auth::required())
+        .handle(
+            "who",
+            |req| Ok(json!(req.caller().map(|c| c.name.clone())).into()),
+        );
+    let _svc = Service::builder("/t/guarded")
+        .context(root.clone())
+        .interface(guarded)
+        .start()
+        .unwrap();
+
+    let alice = ctx(&d);
+    alice.login("alice", "alice-pw").unwrap();
+    assert_eq!(
+        alice
+            .workflow("/t/who")
+            .unwrap()
+            .invoke("who", json!({}))
+            .unwrap(),
+        json!("alice")
+    );
+    assert_eq!(
+        alice
+            .workflow("/t/bot")
+            .unwrap()
+            .invoke("who", json!({}))
+            .unwrap(),
+        json!("wfbot"),
+        "log:\n{}",
+        d.log()
+    );
+    let shown = alice.workflow_admin().list_runs(None, None, None, None).unwrap();
+    assert_eq!(shown.runs.len(), 2);
+
+    let anonymous = ctx(&d);
+    match anonymous.workflow("/t/who").unwrap().invoke("who", json!({})) {
+        Err(Error::AccessDenied(m)) => assert!(m.contains("may not call"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

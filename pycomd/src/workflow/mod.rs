@@ -42,6 +42,8 @@ const REPROPOSE: Duration = Duration::from_millis(500);
 /// What the engine is bounded by (settings).
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// A `run_as` token is renewed when less than this is left of it.
+    pub run_as_renew_ms: u64,
     pub max_running: usize,
     pub retained: usize,
     pub retained_ms: u64,
@@ -123,6 +125,11 @@ pub struct Engine {
     ready: Vec<calls::Called>,
     next_sweep: Instant,
     turn: usize,
+    /// Access control is on: `run_as` principals log in.
+    auth_on: bool,
+    run_as: HashMap<String, RunAs>,
+    /// Calls waiting for their `run_as` principal's login (named last).
+    awaiting: Vec<(Arc<str>, At, u32, String)>,
     pub stats: Stats,
 }
 
@@ -134,6 +141,20 @@ pub type Check<'a> = dyn FnMut(Option<&str>) -> Result<Option<String>, Fault> + 
 /// What the server is to do for the engine.
 pub enum Step {
     Propose(RunCommand),
+    /// Log `principal` in (a definition's `run_as`): its calls wait for
+    /// the login to be durable ([`Engine::logged_in`]).
+    Login(String),
+}
+
+/// A `run_as` principal's tokens: pycomd logs it in itself, like a user,
+/// and again when less than half the token's life is left; calls carry
+/// the current one while the next one's login is on its way.
+#[derive(Default)]
+struct RunAs {
+    /// (token, expires_ms), durable.
+    current: Option<(String, u64)>,
+    /// (token, sha256, expires_ms), its login not yet durable.
+    next: Option<(String, String, u64)>,
 }
 
 impl Engine {
@@ -164,6 +185,9 @@ impl Engine {
             ready: Vec::new(),
             next_sweep: Instant::now() + SWEEP,
             turn: 0,
+            auth_on: false,
+            run_as: HashMap::new(),
+            awaiting: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -244,6 +268,98 @@ impl Engine {
                 }
             });
         }
+    }
+
+    /// Access control is on: `run_as` principals' calls carry tokens
+    /// pycomd logs them in for.
+    pub fn set_auth(&mut self, on: bool) {
+        self.auth_on = on;
+    }
+
+    /// A login is durable: if it was a `run_as` principal's, its token is
+    /// the one calls carry from now on, and the calls waiting for it go.
+    pub fn logged_in(&mut self, sha256: &str, registry: &Registry) {
+        let Some((principal, r)) = self
+            .run_as
+            .iter_mut()
+            .find(|(_, r)| r.next.as_ref().is_some_and(|n| n.1 == sha256))
+        else {
+            return;
+        };
+        if let Some((token, _, expires_ms)) = r.next.take() {
+            r.current = Some((token, expires_ms));
+        }
+        let principal = principal.clone();
+        let (go, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|a| a.3 == principal);
+        self.awaiting = wait;
+        for (id, at, attempt, _) in go {
+            if let Some(run) = registry
+                .state()
+                .runs()
+                .get(&id)
+                .filter(|r| r.state == RunState::Running)
+            {
+                self.call(&run.clone(), at, attempt, registry);
+            }
+        }
+    }
+
+    /// The login of `principal` (its token, the token's SHA-256) is on its way.
+    pub fn minting(&mut self, principal: &str, token: String, sha256: String, expires_ms: u64) {
+        self.run_as.entry(principal.to_string()).or_default().next = Some((token, sha256, expires_ms));
+    }
+
+    /// The login of `principal` could not be made: the calls waiting for
+    /// it fail with code 5 (a later call asks again).
+    pub fn login_failed(&mut self, principal: &str, why: &str) {
+        warn!(principal, "a workflow's run_as login failed: {why}");
+        if let Some(r) = self.run_as.get_mut(principal) {
+            r.next = None;
+        }
+        let (fail, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|a| a.3 == principal);
+        self.awaiting = wait;
+        for (id, at, attempt, _) in fail {
+            self.ready.push(calls::Called {
+                run_id: id,
+                at,
+                attempt,
+                outcome: StepOutcome::Err {
+                    code: Code::AccessDenied.as_number(),
+                    message: format!("run_as {principal}: {why}"),
+                },
+                attachments: Vec::new(),
+                took: Duration::ZERO,
+            });
+        }
+    }
+
+    /// `run_as` principals with no token, or less than half of one left,
+    /// and no login on its way.
+    fn logins_due(&self, now_ms: u64) -> Vec<String> {
+        if !self.auth_on {
+            return Vec::new();
+        }
+        let mut due: Vec<String> = self
+            .hosted
+            .iter()
+            .filter_map(|h| h.def.run_as.clone())
+            .filter(|p| match self.run_as.get(p) {
+                None => true,
+                Some(r) => {
+                    r.next.is_none()
+                        && r.current.as_ref().is_none_or(|(_, expires_ms)| {
+                            expires_ms.saturating_sub(now_ms) < self.limits.run_as_renew_ms
+                        })
+                }
+            })
+            .collect();
+        due.sort();
+        due.dedup();
+        due
     }
 
     pub fn definition(&self, service: &str) -> Option<&Definition> {
@@ -812,6 +928,9 @@ impl Engine {
         for called in std::mem::take(&mut self.ready) {
             steps.extend(self.called(called, registry));
         }
+        for principal in self.logins_due(crate::auth::unix_ms()) {
+            steps.push(Step::Login(principal));
+        }
         while let Some(Reverse((t, ..))) = self.timers.peek() {
             if *t > now {
                 break;
@@ -1021,7 +1140,23 @@ impl Engine {
             attachments: Vec::new(),
             took: Duration::ZERO,
         };
-        if run.principal.is_some() && !self.tokens.contains_key(&run.id) {
+        let run_as = match self.auth_on {
+            true => self.definition(&run.workflow).and_then(|d| d.run_as.clone()),
+            false => None,
+        };
+        let token = match &run_as {
+            Some(principal) => match self.run_as.get(principal).and_then(|r| r.current.as_ref()) {
+                Some((token, _)) => Some(token.clone()),
+                // Its login is on its way (logins_due asks for it).
+                None => {
+                    self.awaiting
+                        .push((run.id.clone(), at, attempt, principal.clone()));
+                    return;
+                }
+            },
+            None => self.tokens.get(&run.id).cloned(),
+        };
+        if run_as.is_none() && run.principal.is_some() && token.is_none() {
             let done = outcome_now(
                 format!(
                     "the token run {} was started with is gone: pycomd restarted since, and tokens are never written to disk; start the run again",
@@ -1083,7 +1218,7 @@ impl Engine {
             attempt,
             address,
             request,
-            token: self.tokens.get(&run.id).cloned(),
+            token,
             attachments,
             timeout: Duration::from_millis(call.timeout_ms),
         });
@@ -1416,6 +1551,7 @@ pub fn start(
 
 fn limits(settings: &crate::config::Settings) -> Limits {
     Limits {
+        run_as_renew_ms: settings.auth.token_ttl.saturating_mul(1000) / 2,
         max_running: settings.max_running_runs,
         retained: settings.workflow_runs_retained,
         retained_ms: settings
