@@ -193,3 +193,42 @@ impl Measured {
         }
     }
 }
+
+/// One call a client makes back to back.
+pub type Call = Box<dyn FnMut(&serde_json::Value) -> pycom_client::Result<()> + Send>;
+
+/// `clients` threads each making `make`'s call back to back for `duration`,
+/// its latency measured (errors counted, not timed).
+pub fn measure(
+    ctx: &pycom_client::Context,
+    clients: usize,
+    duration: Duration,
+    make: impl Fn(&pycom_client::Context) -> Result<Call, String> + Sync,
+) -> Result<Measured, String> {
+    let deadline = Instant::now() + duration;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let make = &make;
+                scope.spawn(move || {
+                    let mut call = make(ctx)?;
+                    let mut m = Measured::default();
+                    let args = serde_json::json!({"client": i, "text": "hello"});
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        match call(&args) {
+                            Ok(()) => {
+                                m.ok += 1;
+                                m.latencies_us
+                                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            }
+                            Err(_) => m.errors += 1,
+                        }
+                    }
+                    Ok(m)
+                })
+            })
+            .collect();
+        Measured::join(handles, duration)
+    })
+}

@@ -4,7 +4,7 @@
 use crate::load::Measured;
 use crate::Op;
 use pycom_client::Context;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Interface and service names of preloaded record `i`.
@@ -213,30 +213,8 @@ pub fn invoke_with_components(
     if let Some(token) = token {
         ctx = ctx.with_token(token);
     }
-    let deadline = Instant::now() + duration;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                let ctx = ctx.clone();
-                scope.spawn(move || {
-                    let mut c = ctx.connect(endpoint, "bench.echo").map_err(|e| e.to_string())?;
-                    let mut m = Measured::default();
-                    let args = json!({"n": 1, "text": "hello"});
-                    while Instant::now() < deadline {
-                        let sent = Instant::now();
-                        match c.invoke("echo", &args) {
-                            Ok(_) => {
-                                m.ok += 1;
-                                m.latencies_us
-                                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                            }
-                            Err(_) => m.errors += 1,
-                        }
-                    }
-                    Ok(m)
-                })
-            })
-            .collect();
-        Measured::join(handles, duration)
+    crate::load::measure(&ctx, clients, duration, |ctx| {
+        let mut c = ctx.connect(endpoint, "bench.echo").map_err(|e| e.to_string())?;
+        Ok(Box::new(move |args: &Value| c.invoke("echo", args).map(|_| ())))
     })
 }

@@ -11,11 +11,11 @@
 //! three hand-offs to a call thread); the throughput at many clients is
 //! how many durable runs a second pycomd carries.
 
-use crate::load::{Measured, Summary};
+use crate::load::{measure, Summary};
 use pycom_client::service::{Interface, Service};
 use pycom_client::Context;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Options<'a> {
     pub nameserver: &'a str,
@@ -70,13 +70,15 @@ pub fn run(o: &Options) -> Result<(), String> {
                     }
                     Ok(())
                 }))
-            })?;
+            })?
+            .summary();
             let through = measure(&ctx, clients, o.duration, |ctx| {
                 let mut c = ctx.workflow(o.workflow).map_err(|e| e.to_string())?;
                 Ok(Box::new(move |args: &serde_json::Value| {
                     c.invoke("echo", args).map(|_| ())
                 }))
-            })?;
+            })?
+            .summary();
             pairs.push((through, direct));
         }
         // The median run by the workflow's p50.
@@ -112,42 +114,4 @@ pub fn run(o: &Options) -> Result<(), String> {
     }
     service.stop();
     Ok(())
-}
-
-type Call = Box<dyn FnMut(&serde_json::Value) -> pycom_client::Result<()> + Send>;
-
-/// `clients` threads each making `make`'s call back to back for `duration`.
-fn measure(
-    ctx: &Context,
-    clients: usize,
-    duration: Duration,
-    make: impl Fn(&Context) -> Result<Call, String> + Sync,
-) -> Result<Summary, String> {
-    let deadline = Instant::now() + duration;
-    let measured = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..clients)
-            .map(|i| {
-                let make = &make;
-                scope.spawn(move || {
-                    let mut call = make(ctx)?;
-                    let mut m = Measured::default();
-                    let args = json!({"client": i, "text": "hello"});
-                    while Instant::now() < deadline {
-                        let sent = Instant::now();
-                        match call(&args) {
-                            Ok(()) => {
-                                m.ok += 1;
-                                m.latencies_us
-                                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                            }
-                            Err(_) => m.errors += 1,
-                        }
-                    }
-                    Ok(m)
-                })
-            })
-            .collect();
-        Measured::join(handles, duration)
-    })?;
-    Ok(measured.summary())
 }

@@ -6,21 +6,9 @@ The proxy locates the workflow by its interface, reads its introspection
 and prints ALL OK when every check holds.
 """
 
-import collections
-import inspect
 import sys
 
-# PyCOM 0.4.2 predates Python 3.11, which removed inspect.getargspec; give
-# it back (the package itself is unmodified).
-if not hasattr(inspect, "getargspec"):
-    ArgSpec = collections.namedtuple("ArgSpec", "args varargs keywords defaults")
-
-    def getargspec(func):
-        spec = inspect.getfullargspec(func)
-        return ArgSpec(spec.args, spec.varargs, spec.varkw, spec.defaults)
-
-    inspect.getargspec = getargspec
-
+import pycom04_compat  # noqa: F401 (before pycom: inspect.getargspec)
 import pycom  # noqa: E402
 
 
