@@ -757,3 +757,66 @@ call = ["t.*"]
         other => panic!("{other:?}"),
     }
 }
+
+/// Hostile bytes on a workflow's endpoint: each gets a reply naming the
+/// problem (FAIL for what is not a call), and the workflow keeps serving.
+#[test]
+fn a_workflow_endpoint_answers_hostile_bytes() {
+    let (d, _dir) = daemon(&[(
+        "h.json",
+        json!({"service": "/t/hostile", "tasks": {"t": [{"interface": "t.h", "method": "m"}]}}),
+    )]);
+    let ctx = ctx(&d);
+    let (_svc, _) = service(&ctx, "/t/h", "t.h", &["m"], |_, _, _| Ok(json!("ok")));
+    let address = ctx
+        .nameserver()
+        .locate(pycom_client::workflow::INTERFACE, Some("/t/hostile"))
+        .unwrap()
+        .address;
+    let raw = |frames: &[&[u8]]| -> (Vec<u8>, String) {
+        let z = zmq::Context::new();
+        let s = z.socket(zmq::DEALER).unwrap();
+        s.set_linger(0).unwrap();
+        s.connect(&address).unwrap();
+        let mut all: Vec<&[u8]> = vec![b""];
+        all.extend_from_slice(frames);
+        s.send_multipart(all, 0).unwrap();
+        assert!(s.poll(zmq::POLLIN, 5000).unwrap() > 0, "no reply");
+        let parts = s.recv_multipart(0).unwrap();
+        (parts[1].clone(), String::from_utf8_lossy(&parts[2]).into_owned())
+    };
+    let (status, _) = raw(&[b"NOPE", b"{}"]);
+    assert_eq!(status, b"FAIL");
+    let (_, body) = raw(&[b"CALL", b"{not json"]);
+    assert!(
+        body.contains("\"code\":4") || body.contains("\"code\": 4"),
+        "{body}"
+    );
+    let deep = format!(
+        "{{\"version\": \"1.0\", \"interface\": \"org.pycom.workflow\", \"method\": \"t\", \"args\": {}{}}}",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let (_, body) = raw(&[b"CALL", deep.as_bytes()]);
+    assert!(
+        body.contains("\"code\":4") || body.contains("\"code\": 4"),
+        "{body}"
+    );
+    let bad_id = br#"{"version": "1.0", "interface": "org.pycom.workflow", "method": "t", "args": {}, "extensions": {"org.pycom.workflow": {"run_id": 7}}}"#;
+    let (_, body) = raw(&[b"CALL", bad_id]);
+    assert!(body.contains("run_id is a string"), "{body}");
+    let bad_chars = br#"{"version": "1.0", "interface": "org.pycom.workflow", "method": "t", "args": {}, "extensions": {"org.pycom.workflow": {"run_id": "a b"}}}"#;
+    let (_, body) = raw(&[b"CALL", bad_chars]);
+    assert!(body.contains("a run id is made of"), "{body}");
+    let other = br#"{"version": "1.0", "interface": "x.y", "method": "t", "args": {}}"#;
+    let (_, body) = raw(&[b"CALL", other]);
+    assert!(body.contains("serves org.pycom.workflow, not 'x.y'"), "{body}");
+    // Still serving.
+    assert_eq!(
+        ctx.workflow("/t/hostile")
+            .unwrap()
+            .invoke("t", json!({}))
+            .unwrap(),
+        json!("ok")
+    );
+}

@@ -34,6 +34,9 @@ use tracing::{debug, info, warn};
 
 /// Requests read from one workflow endpoint per turn.
 const BATCH: usize = 64;
+/// Callers one run answers when it ends (joining by `run_id`): each holds
+/// a request's envelope until then.
+const MAX_WAITERS_PER_RUN: usize = 1024;
 /// How often retention is looked at.
 const SWEEP: Duration = Duration::from_secs(60);
 /// A proposal the log refused is tried again after this long.
@@ -549,6 +552,15 @@ impl Engine {
             attachments,
         ) {
             Ok((run_id, step)) => {
+                let waiting = self.waiters.get(&run_id).map_or(0, Vec::len);
+                if waiting >= MAX_WAITERS_PER_RUN {
+                    let fault = Fault::unavailable(format!(
+                        "run {run_id} has {MAX_WAITERS_PER_RUN} callers waiting already: ask for its result (org.pycom.workflow.admin result) instead"
+                    ));
+                    warn!(run = %run_id, "a caller joining a run was refused: {MAX_WAITERS_PER_RUN} wait already");
+                    self.reply_fault(waiter.endpoint, waiter.envelope, &fault);
+                    return step;
+                }
                 self.waiters.entry(run_id.clone()).or_default().push(waiter);
                 // A run that ended already answers at once.
                 if let Some(run) = registry.state().runs().get(&run_id) {
