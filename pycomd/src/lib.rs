@@ -129,7 +129,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
     let mut own = vec![me];
     own.extend(pubsub.running().map(|p| p.record(&address)));
     let engine =
-        workflow::start(&settings, &launch.overrides, &ctx, &|| mailbox.poster()).map_err(Failure::Start)?;
+        workflow::start(&settings, &launch.overrides, &ctx, mailbox.posters()).map_err(Failure::Start)?;
     own.extend(
         engine
             .iter()

@@ -102,6 +102,28 @@ pub struct Mailbox {
     ctx: zmq::Context,
 }
 
+/// What makes [`Poster`]s later, away from the mailbox (threads started
+/// only when needed: each poster's socket costs file descriptors).
+#[derive(Clone)]
+pub struct Posters {
+    sender: Sender<Event>,
+    ctx: zmq::Context,
+}
+
+impl Posters {
+    pub fn poster(&self) -> Result<Poster, String> {
+        let bell = self
+            .ctx
+            .socket(zmq::PUSH)
+            .and_then(|s| s.connect(BELL_ENDPOINT).map(|()| s))
+            .map_err(|e| format!("cannot connect to the server's mailbox: {e}"))?;
+        Ok(Poster {
+            events: self.sender.clone(),
+            bell,
+        })
+    }
+}
+
 /// Another thread's end: one per thread (the bell is a ZeroMQ socket).
 pub struct Poster {
     events: Sender<Event>,
@@ -125,15 +147,15 @@ impl Mailbox {
 
     /// A handle for another thread to post with.
     pub fn poster(&self) -> Result<Poster, String> {
-        let bell = self
-            .ctx
-            .socket(zmq::PUSH)
-            .and_then(|s| s.connect(BELL_ENDPOINT).map(|()| s))
-            .map_err(|e| format!("cannot connect to the server's mailbox: {e}"))?;
-        Ok(Poster {
-            events: self.sender.clone(),
-            bell,
-        })
+        self.posters().poster()
+    }
+
+    /// What makes posters later.
+    pub fn posters(&self) -> Posters {
+        Posters {
+            sender: self.sender.clone(),
+            ctx: self.ctx.clone(),
+        }
     }
 
     /// For `zmq::poll`: readable when a bell rang.

@@ -5,7 +5,7 @@
 //! late reply is never taken for the next call's. Results go back to the
 //! server through its mailbox.
 
-use crate::mailbox::{Event, Poster};
+use crate::mailbox::{Event, Poster, Posters};
 use crate::registry::runs::{At, StepOutcome};
 use pycom_client::proto::{Code, Request};
 use pycom_client::{Connection, Error};
@@ -46,24 +46,32 @@ type Queue = Arc<Mutex<Receiver<Job>>>;
 
 pub struct Pool {
     jobs: Sender<Job>,
-    /// What the threads are started with, at the first call (a pycomd
-    /// whose workflows directory is empty starts none).
-    idle: Option<(zmq::Context, Vec<Poster>, Queue)>,
+    /// What the threads are started with, at the first call: a pycomd
+    /// that hosts no workflow (or none called yet) starts none, and their
+    /// sockets take no file descriptors.
+    idle: Option<(zmq::Context, Posters, usize, Queue)>,
 }
 
 impl Pool {
-    /// One thread per poster, each reporting through its own.
-    pub fn new(zmq: &zmq::Context, posters: Vec<Poster>) -> Pool {
+    /// `threads` threads, each reporting through a poster of its own.
+    pub fn new(zmq: &zmq::Context, posters: Posters, threads: usize) -> Pool {
         let (jobs, queue) = mpsc::channel::<Job>();
         Pool {
             jobs,
-            idle: Some((zmq.clone(), posters, Arc::new(Mutex::new(queue)))),
+            idle: Some((zmq.clone(), posters, threads.max(1), Arc::new(Mutex::new(queue)))),
         }
     }
 
     pub fn submit(&mut self, job: Job) {
-        if let Some((zmq, posters, queue)) = self.idle.take() {
-            for (i, poster) in posters.into_iter().enumerate() {
+        if let Some((zmq, posters, threads, queue)) = self.idle.take() {
+            for i in 0..threads {
+                let poster = match posters.poster() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!("cannot start a workflow call thread: {e}");
+                        continue;
+                    }
+                };
                 let (queue, zmq) = (queue.clone(), zmq.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("pycomd-wf-{i}"))

@@ -1518,7 +1518,7 @@ pub fn start(
     settings: &crate::config::Settings,
     overrides: &crate::config::Overrides,
     zmq: &zmq::Context,
-    poster: &dyn Fn() -> Result<crate::mailbox::Poster, String>,
+    posters: crate::mailbox::Posters,
 ) -> Result<Option<Engine>, String> {
     let Some((dir, required)) = settings.workflows_dir(overrides) else {
         return Ok(None);
@@ -1538,10 +1538,7 @@ pub fn start(
     for def in defs.into_values() {
         hosted.push(bind(zmq, settings, def)?);
     }
-    let posters = (0..settings.workflow_calls)
-        .map(|_| poster())
-        .collect::<Result<Vec<_>, _>>()?;
-    let pool = calls::Pool::new(zmq, posters);
+    let pool = calls::Pool::new(zmq, posters, settings.workflow_calls);
     for h in &hosted {
         info!(
             workflow = %h.def.service,
