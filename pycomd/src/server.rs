@@ -613,7 +613,7 @@ impl Server {
     fn workflow_steps(&mut self, steps: Vec<workflow::Step>) {
         for step in steps {
             match step {
-                workflow::Step::Propose(command) => self.propose(Command::Run(Box::new(command)), None),
+                workflow::Step::Propose(command) => self.propose(Command::Run(command), None),
                 workflow::Step::Login(principal) => self.run_as_login(principal),
             }
         }
@@ -726,7 +726,7 @@ impl Server {
                 workflow::Step::Propose(command) => {
                     let label = self.handling.unwrap_or(Label::OTHER);
                     let reply = ReplyTo::to(envelope, label, Instant::now());
-                    self.propose(Command::Run(Box::new(command)), Some(reply))
+                    self.propose(Command::Run(command), Some(reply))
                 }
                 other => self.workflow_steps(vec![other]),
             },

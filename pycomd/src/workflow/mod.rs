@@ -143,7 +143,7 @@ pub type Check<'a> = dyn FnMut(Option<&str>) -> Result<Option<String>, Fault> + 
 
 /// What the server is to do for the engine.
 pub enum Step {
-    Propose(RunCommand),
+    Propose(Box<RunCommand>),
     /// Log `principal` in (a definition's `run_as`): its calls wait for
     /// the login to be durable ([`Engine::logged_in`]).
     Login(String),
@@ -660,7 +660,7 @@ impl Engine {
         if let Some(id) = command.run_id() {
             self.pending.insert(Arc::from(id));
         }
-        Step::Propose(command)
+        Step::Propose(Box::new(command))
     }
 
     /// A run command is applied (`result`): call what it scheduled, answer
@@ -972,11 +972,11 @@ impl Engine {
                 || runs.ended_bytes() > self.limits.history_bytes
                 || runs.oldest_end().is_some_and(|t| t < before_ms);
             if over {
-                steps.push(Step::Propose(RunCommand::Forget {
+                steps.push(Step::Propose(Box::new(RunCommand::Forget {
                     before_ms,
                     keep: self.limits.retained,
                     max_bytes: self.limits.history_bytes,
-                }));
+                })));
             }
         }
         steps
@@ -986,11 +986,11 @@ impl Engine {
     pub fn over_retention(&mut self, registry: &Registry) -> Option<Step> {
         let runs = registry.state().runs();
         (runs.ended() > self.limits.retained || runs.ended_bytes() > self.limits.history_bytes).then_some(
-            Step::Propose(RunCommand::Forget {
+            Step::Propose(Box::new(RunCommand::Forget {
                 before_ms: 0,
                 keep: self.limits.retained,
                 max_bytes: self.limits.history_bytes,
-            }),
+            })),
         )
     }
 
