@@ -17,17 +17,24 @@
 
 pub mod admin;
 pub mod calls;
+pub mod decide;
 pub mod definition;
+mod endpoint;
 pub mod template;
 
-use crate::registry::runs::{self, At, Failure, Finish, Run, RunCommand, RunState, Schedule, StepOutcome};
+pub use decide::{call_at, fault_of};
+pub use endpoint::{introspection, Hosted};
+
+use crate::registry::runs::{self, At, Finish, Run, RunCommand, RunState, Schedule, StepOutcome};
 use crate::registry::{Record, Registry};
-use definition::{Call, Definition, Task};
+use decide::{first_calls, render_args, step_done};
+use definition::{Definition, Task};
+use endpoint::{bind, chosen_run_id};
 use pycom_client::proto::{self, Code, DecodeError, Fault, Request};
 use pycom_client::router;
 use serde_json::{json, Value};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -53,33 +60,6 @@ pub struct Limits {
     pub run_bytes: usize,
     pub history_bytes: usize,
     pub max_message_bytes: usize,
-}
-
-/// One hosted workflow.
-pub struct Hosted {
-    pub def: Definition,
-    pub socket: zmq::Socket,
-    pub address: String,
-}
-
-impl Hosted {
-    /// Its record: pycomd's own, not logged.
-    pub fn record(&self) -> Record {
-        let mut interfaces = vec![pycom_client::workflow::INTERFACE.to_string()];
-        if self.def.interface != pycom_client::workflow::INTERFACE {
-            interfaces.push(self.def.interface.clone());
-        }
-        interfaces.sort();
-        Record {
-            service: self.def.service.as_str().into(),
-            address: self.address.clone(),
-            interfaces,
-            metadata: [("workflow".to_string(), "true".to_string())].into(),
-            ttl_ms: None,
-            revision: 0,
-            owner: None,
-        }
-    }
 }
 
 /// Who waits for a run's end on a workflow endpoint.
@@ -755,169 +735,39 @@ impl Engine {
     /// What follows a call's outcome: the `StepEnd` that records it with
     /// the decision (a retry, the next step, a compensation, the end).
     fn decide(&mut self, run: &Run, called: calls::Called) -> Vec<Step> {
-        let calls::Called {
-            at,
-            attempt,
-            outcome,
-            attachments,
-            ..
-        } = called;
-        if run.state != RunState::Running || !run.in_flight().any(|a| a.at == at && a.attempt == attempt) {
-            return Vec::new();
-        }
-        let Some(call) = call_at(&run.task, at) else {
-            return Vec::new();
+        let jitter = |ceiling: u64| match ceiling {
+            0 => 0,
+            c => uuid::Uuid::new_v4().as_u64_pair().0 % (c + 1),
         };
         let now_ms = crate::auth::unix_ms();
-        let n = run.task.steps.len();
-        // A result the run may not hold is the step's failure.
-        let outcome = match outcome {
-            StepOutcome::Ok(v) if run.bytes + runs::json_len(&v) > self.limits.run_bytes => {
-                StepOutcome::Err {
-                    code: Code::BadRequest.as_number(),
-                    message: format!(
-                        "its result would make the run hold more than workflow_run_bytes = {}",
-                        self.limits.run_bytes
-                    ),
-                }
-            }
-            other => other,
+        let Some(d) = decide::next(
+            run,
+            called.at,
+            called.attempt,
+            called.outcome,
+            self.limits.run_bytes,
+            now_ms,
+            &jitter,
+        ) else {
+            return Vec::new();
         };
-        let mut schedule = Vec::new();
-        let mut failure = None;
-        let mut finish = None;
-        match &outcome {
-            StepOutcome::Err { code, message } => {
-                let retryable = matches!(
-                    Code::from_number(*code),
-                    Some(Code::ServiceNotFound | Code::Unavailable)
-                );
-                if retryable && attempt < call.retry.max_attempts {
-                    let ceiling = call.retry.ceiling_ms(attempt);
-                    let wait = match ceiling {
-                        0 => 0,
-                        c => uuid::Uuid::new_v4().as_u64_pair().0 % (c + 1),
-                    };
-                    debug!(run = %run.id, step = %call.name, attempt, wait_ms = wait, "retrying a step: {message}");
-                    schedule.push(Schedule {
-                        at,
-                        attempt: attempt + 1,
-                        not_before_ms: now_ms + wait,
-                    });
-                } else if at.compensate {
-                    warn!(run = %run.id, step = %call.name, "a compensation failed: {message}");
-                    (schedule, finish) = next_compensation(run, at, now_ms, Some(&call.name));
-                } else if others_in_flight(run, at) {
-                    // The parallel step fails once its other branches end.
-                } else {
-                    let error = format!(
-                        "step '{}' ({} of {n}), attempt {attempt}: {message}",
-                        call.name,
-                        at.step + 1
-                    );
-                    (schedule, failure, finish) = fail(run, at, *code, error, now_ms);
-                }
-            }
-            StepOutcome::Ok(value) if at.compensate => {
-                let _ = value;
-                (schedule, finish) = next_compensation(run, at, now_ms, None);
-            }
-            StepOutcome::Ok(value) => {
-                let step = &run.task.steps[at.step as usize];
-                let branches = step.calls().len() as u16;
-                let last = |b: u16| run.last_attempt(At { branch: b, ..at });
-                let all_ok = (0..branches).all(|b| {
-                    b == at.branch || last(b).is_some_and(|a| matches!(a.outcome, Some(StepOutcome::Ok(_))))
-                });
-                let any_in_flight =
-                    (0..branches).any(|b| b != at.branch && last(b).is_some_and(|a| a.outcome.is_none()));
-                if all_ok {
-                    if (at.step as usize) + 1 < n {
-                        schedule = first_calls(&run.task, at.step + 1, now_ms);
-                    } else {
-                        let extra = Some((call.name.as_str(), value));
-                        let result = match &run.task.result {
-                            None => step_result(run, at.step as usize, extra).unwrap_or(Value::Null),
-                            Some(template) => {
-                                let prev = step_result(run, at.step as usize, extra).unwrap_or(Value::Null);
-                                let lookup = |name: &str| named_result(run, name, extra);
-                                match template::render(
-                                    template,
-                                    &template::Scope {
-                                        input: &run.input,
-                                        prev: &prev,
-                                        steps: &lookup,
-                                    },
-                                ) {
-                                    Ok(v) => v,
-                                    Err(e) => {
-                                        let error = format!("the task's result: {e}");
-                                        let (s, f, fin) =
-                                            fail(run, at, Code::BadRequest.as_number(), error, now_ms);
-                                        return self.end_step(
-                                            run,
-                                            at,
-                                            attempt,
-                                            outcome,
-                                            s,
-                                            f,
-                                            fin,
-                                            attachments,
-                                        );
-                                    }
-                                }
-                            }
-                        };
-                        finish = Some(Finish {
-                            state: RunState::Succeeded,
-                            result: Some(result),
-                            code: None,
-                            error: None,
-                        });
-                    }
-                } else if !any_in_flight {
-                    // Another branch failed; this was the last to end.
-                    let failed = (0..branches).find_map(|b| {
-                        let a = last(b)?;
-                        match &a.outcome {
-                            Some(StepOutcome::Err { code, message }) => {
-                                Some((b, a.attempt, *code, message.clone()))
-                            }
-                            _ => None,
-                        }
-                    });
-                    if let Some((b, tried, code, message)) = failed {
-                        let failed_at = At { branch: b, ..at };
-                        let name = call_at(&run.task, failed_at)
-                            .map(|c| c.name.clone())
-                            .unwrap_or_default();
-                        let error = format!(
-                            "step '{name}' ({} of {n}), attempt {tried}: {message}",
-                            at.step + 1
-                        );
-                        // This call's own result counts as completed: it is compensated too.
-                        let mut with_this = run.clone();
-                        with_this.results.insert(call.name.clone(), value.clone());
-                        (schedule, failure, finish) = fail(&with_this, failed_at, code, error, now_ms);
-                    }
-                }
-            }
-        }
-        self.end_step(run, at, attempt, outcome, schedule, failure, finish, attachments)
+        self.end_step(run, called.at, called.attempt, d, called.attachments)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn end_step(
         &mut self,
         run: &Run,
         at: At,
         attempt: u32,
-        outcome: StepOutcome,
-        schedule: Vec<Schedule>,
-        failure: Option<Failure>,
-        finish: Option<Finish>,
+        d: decide::Decision,
         attachments: Vec<Vec<u8>>,
     ) -> Vec<Step> {
+        let decide::Decision {
+            outcome,
+            schedule,
+            failure,
+            finish,
+        } = d;
         if finish.as_ref().is_some_and(|f| f.state == RunState::Succeeded) && !attachments.is_empty() {
             self.attachments_out.insert(run.id.clone(), attachments);
         }
@@ -1243,275 +1093,6 @@ impl Engine {
     }
 }
 
-/// A call of the run failed for good at `at`: compensate the calls that
-/// completed, newest first, or end the run failed.
-fn fail(
-    run: &Run,
-    at: At,
-    code: i64,
-    error: String,
-    now_ms: u64,
-) -> (Vec<Schedule>, Option<Failure>, Option<Finish>) {
-    let failure = Failure { at, code, error };
-    match compensations(run).first() {
-        Some(&first) => (
-            vec![Schedule {
-                at: first,
-                attempt: 1,
-                not_before_ms: now_ms,
-            }],
-            Some(failure),
-            None,
-        ),
-        None => (
-            Vec::new(),
-            None,
-            Some(Finish {
-                state: RunState::Failed,
-                result: None,
-                code: Some(failure.code),
-                error: Some(failure.error),
-            }),
-        ),
-    }
-}
-
-/// The compensations a failure runs: for every completed call that has
-/// one, newest first.
-fn compensations(run: &Run) -> Vec<At> {
-    let mut out = Vec::new();
-    for (s, step) in run.task.steps.iter().enumerate().rev() {
-        for (b, call) in step.calls().iter().enumerate().rev() {
-            if call.compensate.is_some() && run.results.contains_key(&call.name) {
-                out.push(At {
-                    step: s as u16,
-                    branch: b as u16,
-                    compensate: true,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// After compensation `at` ended: the next one, or the run's end (failed,
-/// with the failure that started the compensations).
-fn next_compensation(
-    run: &Run,
-    at: At,
-    now_ms: u64,
-    failed: Option<&str>,
-) -> (Vec<Schedule>, Option<Finish>) {
-    let all = compensations(run);
-    let next = all.iter().skip_while(|c| **c != at).nth(1);
-    if let Some(&next) = next {
-        return (
-            vec![Schedule {
-                at: next,
-                attempt: 1,
-                not_before_ms: now_ms,
-            }],
-            None,
-        );
-    }
-    let mut errors: Vec<String> = run
-        .attempts
-        .iter()
-        .filter(|a| a.at.compensate)
-        .filter_map(|a| match (&a.outcome, call_at(&run.task, a.at)) {
-            (Some(StepOutcome::Err { .. }), Some(c))
-                if run.last_attempt(a.at).map(|l| l.attempt) == Some(a.attempt) =>
-            {
-                Some(c.name.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    if let Some(name) = failed {
-        errors.push(name.to_string());
-    }
-    let failure = run.failure.clone();
-    let mut error = failure.as_ref().map(|f| f.error.clone()).unwrap_or_default();
-    match errors.is_empty() {
-        true => error.push_str(" (completed steps compensated)"),
-        false => error.push_str(&format!(" (compensation failed: {})", errors.join(", "))),
-    }
-    (
-        Vec::new(),
-        Some(Finish {
-            state: RunState::Failed,
-            result: None,
-            code: Some(failure.map_or(Code::Unknown.as_number(), |f| f.code)),
-            error: Some(error),
-        }),
-    )
-}
-
-/// Whether another branch of `at`'s step is still in flight.
-fn others_in_flight(run: &Run, at: At) -> bool {
-    run.in_flight()
-        .any(|a| a.at.step == at.step && !a.at.compensate && a.at.branch != at.branch)
-}
-
-/// The call at `at` of `task`.
-pub fn call_at(task: &Task, at: At) -> Option<&Call> {
-    let call = task
-        .steps
-        .get(at.step as usize)?
-        .calls()
-        .get(at.branch as usize)?;
-    match at.compensate {
-        true => call.compensate.as_deref(),
-        false => Some(call),
-    }
-}
-
-fn first_calls(task: &Task, step: u16, now_ms: u64) -> Vec<Schedule> {
-    task.steps
-        .get(step as usize)
-        .map(|s| {
-            (0..s.calls().len())
-                .map(|b| Schedule {
-                    at: At {
-                        step,
-                        branch: b as u16,
-                        compensate: false,
-                    },
-                    attempt: 1,
-                    not_before_ms: now_ms,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether every call of step `s` succeeded.
-fn step_done(run: &Run, s: u16) -> bool {
-    run.task
-        .steps
-        .get(s as usize)
-        .is_some_and(|step| step.calls().iter().all(|c| run.results.contains_key(&c.name)))
-}
-
-/// The result of step `s`: its call's, or the list of its branches'.
-fn step_result(run: &Run, s: usize, extra: Option<(&str, &Value)>) -> Option<Value> {
-    let step = run.task.steps.get(s)?;
-    let get = |name: &str| match extra {
-        Some((n, v)) if n == name => Some(v.clone()),
-        _ => run.results.get(name).cloned(),
-    };
-    match step {
-        definition::Step::Call(c) => get(&c.name),
-        definition::Step::Parallel { branches, .. } => branches
-            .iter()
-            .map(|c| get(&c.name))
-            .collect::<Option<Vec<_>>>()
-            .map(Value::Array),
-    }
-}
-
-/// What `$steps.<name>` is: a call's result, or a parallel step's list.
-fn named_result(run: &Run, name: &str, extra: Option<(&str, &Value)>) -> Option<Value> {
-    if let Some((n, v)) = extra {
-        if n == name {
-            return Some(v.clone());
-        }
-    }
-    if let Some(v) = run.results.get(name) {
-        return Some(v.clone());
-    }
-    let s = run.task.steps.iter().position(|s| s.name() == name)?;
-    step_result(run, s, extra)
-}
-
-fn render_args(run: &Run, at: At, call: &Call) -> Result<Value, String> {
-    let s = at.step as usize;
-    let prev = match at.compensate {
-        // A compensation's $prev: the result of the call it undoes.
-        true => call_at(
-            &run.task,
-            At {
-                compensate: false,
-                ..at
-            },
-        )
-        .and_then(|c| run.results.get(&c.name).cloned())
-        .unwrap_or(Value::Null),
-        false if s == 0 => run.input.clone(),
-        false => step_result(run, s - 1, None).unwrap_or(Value::Null),
-    };
-    let Some(args) = &call.args else {
-        return Ok(prev);
-    };
-    let lookup = |name: &str| named_result(run, name, None);
-    template::render(
-        args,
-        &template::Scope {
-            input: &run.input,
-            prev: &prev,
-            steps: &lookup,
-        },
-    )
-}
-
-/// The fault a run that did not succeed answers with.
-pub fn fault_of(run: &Run) -> Fault {
-    let finish = run.finish.as_ref();
-    let code = finish
-        .and_then(|f| f.code)
-        .and_then(Code::from_number)
-        .unwrap_or(Code::Unknown);
-    let code = if code == Code::Ok { Code::Unknown } else { code };
-    let error = finish
-        .and_then(|f| f.error.clone())
-        .unwrap_or_else(|| format!("run {} {}", run.id, run.state.name()));
-    Fault::new(code, format!("workflow {} run {}: {error}", run.workflow, run.id))
-}
-
-/// `introspect` of a workflow: one method per task, as PyCOM 0.4 and 0.6
-/// proxies read it.
-pub fn introspection(def: &Definition) -> Value {
-    let methods = def
-        .tasks
-        .iter()
-        .map(|(name, task)| {
-            let doc = match task.docstring.is_empty() {
-                true => format!("Runs {} step(s) of workflow {}.", task.steps.len(), def.service),
-                false => task.docstring.clone(),
-            };
-            (
-                name.clone(),
-                pycom_client::service::describe_method::<&str>(&[], &[], &[], (None, None), &doc),
-            )
-        })
-        .collect();
-    pycom_client::service::introspection(&def.interface, &def.docstring, &serde_json::Map::new(), methods)
-}
-
-/// `extensions["org.pycom.workflow"]["run_id"]` of a task's call, checked.
-fn chosen_run_id(extensions: Option<&serde_json::value::RawValue>) -> Result<Option<String>, String> {
-    let Some(raw) = extensions else {
-        return Ok(None);
-    };
-    let ext: BTreeMap<String, Value> =
-        serde_json::from_str(raw.get()).map_err(|e| format!("extensions: {e}"))?;
-    let Some(v) = ext.get(pycom_client::workflow::EXTENSION) else {
-        return Ok(None);
-    };
-    match v.get("run_id") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) => {
-            pycom_client::workflow::check_run_id(id)?;
-            Ok(Some(id.clone()))
-        }
-        Some(other) => Err(format!(
-            "{}.run_id is a string, not {}",
-            pycom_client::workflow::EXTENSION,
-            proto::type_name(other)
-        )),
-    }
-}
-
 /// The engine for the definitions in the workflows directory, their
 /// endpoints bound; `None` when there are none.
 pub fn start(
@@ -1570,26 +1151,4 @@ fn limits(settings: &crate::config::Settings) -> Limits {
         history_bytes: settings.workflow_history_bytes,
         max_message_bytes: settings.max_message_bytes,
     }
-}
-
-/// A workflow's endpoint.
-fn bind(zmq: &zmq::Context, settings: &crate::config::Settings, def: Definition) -> Result<Hosted, String> {
-    let fail = |e: zmq::Error| {
-        format!(
-            "workflow {}: cannot listen on {}: {e}",
-            def.service, settings.workflow_listen
-        )
-    };
-    let socket = zmq.socket(zmq::ROUTER).map_err(fail)?;
-    socket.set_rcvhwm(settings.high_water_mark).map_err(fail)?;
-    socket.set_sndhwm(settings.high_water_mark).map_err(fail)?;
-    socket.set_linger(0).map_err(fail)?;
-    socket.set_maxmsgsize(settings.frame_hard_cap()).map_err(fail)?;
-    socket.bind(&settings.workflow_listen).map_err(fail)?;
-    let address = socket
-        .get_last_endpoint()
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_else(|| settings.workflow_listen.clone());
-    Ok(Hosted { def, socket, address })
 }
