@@ -496,6 +496,14 @@ mod tests {
         assert!(d.is_none(), "attempt 3 is not in flight");
     }
 
+    /// Decide `outcome` of attempt 1 at `at`, and record it.
+    fn step(runs: &mut Runs, at: At, outcome: StepOutcome) -> Decision {
+        let run = runs.get("r").unwrap().clone();
+        let d = next(&run, at, 1, outcome, 1 << 20, 1, NO_JITTER).unwrap();
+        record(runs, at, 1, &d);
+        d
+    }
+
     #[test]
     fn a_failure_compensates_the_completed_steps_newest_first() {
         let (mut runs, _) = started(
@@ -505,63 +513,16 @@ mod tests {
                 {"interface": "c"}]}}"#,
         );
         for s in 0..2 {
-            let run = runs.get("r").unwrap().clone();
-            let d = next(
-                &run,
-                at(s, false),
-                1,
-                StepOutcome::Ok(json!(s)),
-                1 << 20,
-                1,
-                NO_JITTER,
-            )
-            .unwrap();
+            let d = step(&mut runs, at(s, false), StepOutcome::Ok(json!(s)));
             assert_eq!(d.schedule[0].at, at(s + 1, false));
-            record(&mut runs, at(s, false), 1, &d);
         }
-        let run = runs.get("r").unwrap().clone();
-        let d = next(
-            &run,
-            at(2, false),
-            1,
-            err(Code::BadRequest),
-            1 << 20,
-            1,
-            NO_JITTER,
-        )
-        .unwrap();
+        let d = step(&mut runs, at(2, false), err(Code::BadRequest));
         assert_eq!(d.schedule[0].at, at(1, true), "step 2's undo first");
-        assert!(d
-            .failure
-            .as_ref()
-            .unwrap()
-            .error
-            .contains("step 'step3' (3 of 3), attempt 1"));
-        record(&mut runs, at(2, false), 1, &d);
-        let run = runs.get("r").unwrap().clone();
-        let d = next(
-            &run,
-            at(1, true),
-            1,
-            StepOutcome::Ok(json!(null)),
-            1 << 20,
-            1,
-            NO_JITTER,
-        )
-        .unwrap();
+        let error = &d.failure.as_ref().map(|f| f.error.clone()).unwrap_or_default();
+        assert!(error.contains("step 'step3' (3 of 3), attempt 1"), "{error}");
+        let d = step(&mut runs, at(1, true), StepOutcome::Ok(json!(null)));
         assert_eq!(d.schedule[0].at, at(0, true));
-        record(&mut runs, at(1, true), 1, &d);
-        let run = runs.get("r").unwrap().clone();
-        let d = next(
-            &run,
-            at(0, true),
-            1,
-            StepOutcome::Ok(json!(null)),
-            1 << 20,
-            1,
-            NO_JITTER,
-        )
-        .unwrap();
+        let d = step(&mut runs, at(0, true), StepOutcome::Ok(json!(null)));
         let finish = d.finish.unwrap();
         assert_eq!((finish.state, finish.code), (RunState::Failed, Some(4)));
         assert!(finish.error.unwrap().ends_with("(completed steps compensated)"));
