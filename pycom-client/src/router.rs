@@ -16,6 +16,8 @@ const ENVELOPE_BYTES: usize = 1024;
 /// 1,000 attachments. Frames past it are read and dropped as they come, so
 /// a message of many tiny frames costs no more than this many.
 pub const MAX_FRAMES: usize = MAX_ENVELOPE_FRAMES + 2 + 1000;
+/// Frames `recv` makes room for at once.
+const TYPICAL_FRAMES: usize = 8;
 
 /// One message read from the ROUTER socket.
 pub struct Incoming {
@@ -43,7 +45,10 @@ pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, 
     let budget = max_bytes.saturating_add(ENVELOPE_BYTES);
     let mut more = first.get_more();
     let mut total = first.len();
-    let mut frames = vec![first];
+    // Room for a usual request (identity, a routing frame or two, the
+    // delimiter, command and body) without growing: one allocation.
+    let mut frames = Vec::with_capacity(TYPICAL_FRAMES);
+    frames.push(first);
     let mut count = 1;
     let mut dropping = false;
     while more {
@@ -183,23 +188,37 @@ pub enum Body {
     Shared(Arc<SharedBody>),
 }
 
+/// A queued reply's body.
+enum Queued {
+    Body(Body),
+    /// Already in a message: sent as it is.
+    Message(zmq::Message),
+}
+
 /// Replies gathered while a batch of requests is handled, sent together:
 /// libzmq's I/O thread then writes many replies per system call instead of
 /// waking for each one.
 #[derive(Default)]
 pub struct Outbox {
-    replies: Vec<(Vec<zmq::Message>, &'static [u8], Body)>,
+    replies: Vec<(Vec<zmq::Message>, &'static [u8], Queued)>,
 }
 
 impl Outbox {
     /// Queue `[envelope..., status, body]`; the envelope frames are moved, not copied.
     pub fn push(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: Vec<u8>) {
-        self.replies.push((envelope, status, Body::Owned(body)));
+        self.replies
+            .push((envelope, status, Queued::Body(Body::Owned(body))));
     }
 
     /// Queue a reply whose body is shared with others (see [`SharedBody`]).
     pub fn push_body(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: Body) {
-        self.replies.push((envelope, status, body));
+        self.replies.push((envelope, status, Queued::Body(body)));
+    }
+
+    /// Queue a reply whose body was written straight into its message
+    /// (a server's hottest replies): it leaves without another copy.
+    pub fn push_message(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: zmq::Message) {
+        self.replies.push((envelope, status, Queued::Message(body)));
     }
 
     /// Replies queued, not yet sent.
@@ -217,8 +236,9 @@ impl Outbox {
     pub fn last(&self) -> Option<(&'static [u8], &[u8])> {
         self.replies.last().map(|(_, status, body)| {
             let bytes: &[u8] = match body {
-                Body::Owned(bytes) => bytes,
-                Body::Shared(shared) => &shared.bytes,
+                Queued::Body(Body::Owned(bytes)) => bytes,
+                Queued::Body(Body::Shared(shared)) => &shared.bytes,
+                Queued::Message(message) => message,
             };
             (*status, bytes)
         })
@@ -233,9 +253,10 @@ impl Outbox {
                 .into_iter()
                 .try_for_each(|frame| socket.send(frame, zmq::SNDMORE | zmq::DONTWAIT))
                 .and_then(|()| socket.send(status, zmq::SNDMORE | zmq::DONTWAIT))
-                .and_then(|()| match &body {
-                    Body::Owned(bytes) => socket.send(&bytes[..], zmq::DONTWAIT),
-                    Body::Shared(shared) => send_shared(socket, shared),
+                .and_then(|()| match body {
+                    Queued::Body(Body::Owned(bytes)) => socket.send(&bytes[..], zmq::DONTWAIT),
+                    Queued::Body(Body::Shared(shared)) => send_shared(socket, &shared),
+                    Queued::Message(message) => socket.send(message, zmq::DONTWAIT),
                 });
             if let Err(e) = sent {
                 dropped += 1;

@@ -457,6 +457,7 @@ impl Server {
                 }
                 self.outbox.push_body(envelope, proto::STATUS_OK, body);
             }
+            Plan::Message(body) => self.outbox.push_message(envelope, proto::STATUS_OK, body),
         }
     }
 
