@@ -505,7 +505,11 @@ impl Subscriber {
             Verdict::Deliver { gap } => gap,
         };
         let body = body.to_owned();
-        let attachments = self.limits.receive(std::mem::take(&mut self.frames.rest))?;
+        let attachments = if self.frames.rest.is_empty() {
+            Vec::new()
+        } else {
+            self.limits.receive(std::mem::take(&mut self.frames.rest))?
+        };
         Ok(Some((
             Message {
                 topic,

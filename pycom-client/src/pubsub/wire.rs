@@ -133,12 +133,13 @@ impl<'a> PlainHeader<'a> {
     /// The fields of `frame`, if it has the plain shape.
     pub fn parse(frame: &'a [u8]) -> Option<PlainHeader<'a>> {
         let rest = frame.strip_prefix(br#"{"src":""#)?;
-        let end = rest.iter().position(|&b| b == b'"')?;
-        let src = &rest[..end];
-        if src.iter().any(|&b| b == b'\\' || b < 0x20) {
+        // One pass: the closing quote, unless an escape or a control
+        // character comes first.
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[end] != b'"' {
             return None;
         }
-        let src = std::str::from_utf8(src).ok()?;
+        let src = std::str::from_utf8(&rest[..end]).ok()?;
         let (seq, rest) = whole_number(rest[end..].strip_prefix(br#"","seq":"#)?)?;
         let (ts, rest) = whole_number(rest.strip_prefix(br#","ts":"#)?)?;
         (rest == b"}").then_some(PlainHeader { src, seq, ts })
