@@ -126,7 +126,7 @@ pub struct Forwarder {
     /// The last publication's topic that passed the topic checks (UTF-8,
     /// the syntax, not reserved): a publisher streams on one topic, and the
     /// same bytes again need no checking.
-    pub checked_topic: Vec<u8>,
+    pub checked_topic: String,
 }
 
 /// The ZAP handler (ZeroMQ RFC 27): a REP socket bound to
@@ -278,9 +278,9 @@ impl Forwarder {
             }
             messages += 1;
             bytes_in += bytes as u64;
-            let topic = std::str::from_utf8(&self.frames[0]).unwrap_or_default();
+            // check() left this publication's topic in `checked_topic`.
             lvc.get_or_insert_with(|| shared.lvc())
-                .put(topic, self.frames[1..].iter().map(|m| &m[..]));
+                .put(&self.checked_topic, self.frames[1..].iter().map(|m| &m[..]));
             self.send_frames();
         }
         drop(lvc);
@@ -344,7 +344,7 @@ impl Forwarder {
                 format!("a publication has {count} frames; it needs topic, header, body and at most {} attachments", MAX_FRAMES - 3),
             ));
         }
-        if self.frames[0][..] != self.checked_topic[..] {
+        if self.frames[0][..] != *self.checked_topic.as_bytes() {
             let Ok(topic) = std::str::from_utf8(&self.frames[0]) else {
                 return Some((Drop::Malformed, "a publication's topic is not UTF-8".into()));
             };
@@ -361,18 +361,19 @@ impl Forwarder {
                 ));
             }
             self.checked_topic.clear();
-            self.checked_topic.extend_from_slice(topic.as_bytes());
+            self.checked_topic.push_str(topic);
         }
-        // For the reasons below only (valid UTF-8: checked above, or the
-        // same bytes were before).
-        let topic = || String::from_utf8_lossy(&self.frames[0]);
-        let header = &self.frames[1];
+        // For the reasons below (this publication's, checked above or
+        // the same bytes as the last one's).
+        let topic = &self.checked_topic;
+        // A slice, not the message: each look into a zmq::Message asks
+        // libzmq for its data and size again.
+        let header: &[u8] = &self.frames[1];
         if header.len() > wire::MAX_HEADER_BYTES {
             return Some((
                 Drop::Malformed,
                 format!(
-                    "a publication on '{}' has a header over {} bytes",
-                    topic(),
+                    "a publication on '{topic}' has a header over {} bytes",
                     wire::MAX_HEADER_BYTES
                 ),
             ));
@@ -387,27 +388,21 @@ impl Forwarder {
             Ok(Some(check)) if check.replay.is_some() => {
                 return Some((
                     Drop::Malformed,
-                    format!(
-                        "a publication on '{}' sets 'replay', which only the forwarder sets",
-                        topic()
-                    ),
+                    format!("a publication on '{topic}' sets 'replay', which only the forwarder sets"),
                 ));
             }
             Ok(_) => {}
             Err(e) => {
                 return Some((
                     Drop::Malformed,
-                    format!(
-                        "a publication on '{}' has a bad header (needs {{src, seq, ts}}): {e}",
-                        topic()
-                    ),
+                    format!("a publication on '{topic}' has a bad header (needs {{src, seq, ts}}): {e}"),
                 ));
             }
         }
         if std::str::from_utf8(&self.frames[2]).is_err() {
             return Some((
                 Drop::Malformed,
-                format!("a publication on '{}' has a body that is not UTF-8", topic()),
+                format!("a publication on '{topic}' has a body that is not UTF-8"),
             ));
         }
         None
