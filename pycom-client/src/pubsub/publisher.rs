@@ -7,7 +7,7 @@
 //! to a slow join"). A PUB socket would silently drop what it publishes
 //! before then.
 
-use super::wire::{self, Header};
+use super::wire::{self, HeaderWriter};
 use super::{authenticate, forwarder_endpoint, hint_refused, millis, poll_ms, transport};
 use crate::binary::{Binary, Limits};
 use crate::context::Context;
@@ -91,12 +91,16 @@ impl PublisherBuilder {
         let timeout = self.timeout.unwrap_or_else(|| self.ctx.default_timeout());
         wait_for_subscription(&socket, &endpoint, timeout).map_err(|e| hint_refused(e, plain))?;
         tracing::debug!(%endpoint, topic = %self.topic, "publisher ready");
+        let src = new_src();
         Ok(Publisher {
             socket,
             endpoint,
             topic: self.topic,
-            src: new_src(),
+            header: HeaderWriter::new(&src),
+            src,
+            own_seq: 0,
             seqs: HashMap::new(),
+            body: Vec::new(),
             limits: self.limits,
             since_drain: 0,
         })
@@ -165,8 +169,15 @@ pub struct Publisher {
     endpoint: String,
     topic: String,
     src: String,
-    /// The last `seq` published per topic.
+    /// Writes `src`'s header frames.
+    header: HeaderWriter,
+    /// The last `seq` published on `topic`: kept apart from `seqs` so that
+    /// a publisher streaming on its own topic looks nothing up.
+    own_seq: u64,
+    /// The last `seq` published per other topic.
     seqs: HashMap<String, u64>,
+    /// The body being sent, its buffer reused.
+    body: Vec<u8>,
     limits: Limits,
     since_drain: u32,
 }
@@ -202,18 +213,12 @@ impl Publisher {
 
     /// Publish `value` (as JSON) on the publisher's topic; returns its `seq`.
     pub fn publish<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<u64> {
-        let topic = std::mem::take(&mut self.topic);
-        let sent = self.send(&topic, value, &[]);
-        self.topic = topic;
-        sent
+        self.send(None, value, &[])
     }
 
     /// Publish `value` with attachments (binary frames after the body).
     pub fn publish_with<T: Serialize + ?Sized>(&mut self, value: &T, attachments: &[Binary]) -> Result<u64> {
-        let topic = std::mem::take(&mut self.topic);
-        let sent = self.send(&topic, value, attachments);
-        self.topic = topic;
-        sent
+        self.send(None, value, attachments)
     }
 
     /// Publish `value` on another topic (its own sequence).
@@ -229,67 +234,99 @@ impl Publisher {
         attachments: &[Binary],
     ) -> Result<u64> {
         check_topic(topic)?;
-        self.send(topic, value, attachments)
+        // The publisher's own topic keeps one sequence however it is named.
+        let other = (topic != self.topic).then_some(topic);
+        self.send(other, value, attachments)
     }
 
-    fn send<T: Serialize + ?Sized>(&mut self, topic: &str, value: &T, attachments: &[Binary]) -> Result<u64> {
+    /// Publish on `other`, or on the publisher's own topic (`None`).
+    fn send<T: Serialize + ?Sized>(
+        &mut self,
+        other: Option<&str>,
+        value: &T,
+        attachments: &[Binary],
+    ) -> Result<u64> {
+        let topic = other.unwrap_or(&self.topic);
         self.limits
             .check_outgoing(attachments)
             .map_err(Error::Attachment)?;
-        let body = serde_json::to_vec(value)
+        self.body.clear();
+        serde_json::to_writer(&mut self.body, value)
             .map_err(|e| Error::Data(format!("cannot encode the publication on '{topic}': {e}")))?;
-        if !self.seqs.contains_key(topic) && self.seqs.len() >= MAX_TOPICS_PER_SRC {
-            // A new instance id starts every sequence afresh without
-            // subscribers taking the restart for duplicates (a new src is
-            // never a gap either).
-            self.src = new_src();
-            self.seqs.clear();
-        }
-        let seq = self.seqs.get(topic).copied().unwrap_or(0) + 1;
-        let header = Header {
-            src: self.src.clone(),
-            seq,
-            ts: wire::now_ms(),
-            replay: false,
-        }
-        .encode();
-        let mut frames: Vec<&[u8]> = Vec::with_capacity(3 + attachments.len());
-        frames.push(topic.as_bytes());
-        frames.push(&header);
-        frames.push(&body);
-        frames.extend(attachments.iter().map(Binary::as_bytes));
-        self.drain_now_and_then();
+        let last = match other {
+            None => self.own_seq,
+            Some(topic) => match self.seqs.get(topic) {
+                Some(&last) => last,
+                None if self.seqs.len() >= MAX_TOPICS_PER_SRC => {
+                    // A new instance id starts every sequence afresh
+                    // without subscribers taking the restart for
+                    // duplicates (a new src is never a gap either).
+                    self.src = new_src();
+                    self.header = HeaderWriter::new(&self.src);
+                    self.seqs.clear();
+                    self.own_seq = 0;
+                    0
+                }
+                None => 0,
+            },
+        };
+        let seq = last + 1;
+        let header = self.header.write(seq, wire::now_ms());
+        drain_now_and_then(&self.socket, &mut self.since_drain);
         // An XPUB socket drops at its high-water mark instead of blocking;
-        // DONTWAIT makes sure it never blocks in any case.
-        self.socket
-            .send_multipart(frames, zmq::DONTWAIT)
-            .map_err(transport(&self.endpoint))?;
+        // DONTWAIT makes sure it never blocks in any case. Frame by frame
+        // from the buffers (what send_multipart does, without collecting
+        // the frames first).
+        let more = zmq::SNDMORE | zmq::DONTWAIT;
+        let body_flags = if attachments.is_empty() {
+            zmq::DONTWAIT
+        } else {
+            more
+        };
+        let mut sent = self
+            .socket
+            .send(topic.as_bytes(), more)
+            .and_then(|()| self.socket.send(header, more))
+            .and_then(|()| self.socket.send(&self.body[..], body_flags));
+        for (i, attachment) in attachments.iter().enumerate() {
+            let flags = if i + 1 < attachments.len() {
+                more
+            } else {
+                zmq::DONTWAIT
+            };
+            sent = sent.and_then(|()| self.socket.send(attachment.as_bytes(), flags));
+        }
+        sent.map_err(transport(&self.endpoint))?;
         // Counted only once sent: a failed publish is an error to the
         // caller, not a gap to every subscriber.
-        match self.seqs.get_mut(topic) {
-            Some(last) => *last = seq,
-            None => {
-                self.seqs.insert(topic.to_string(), seq);
-            }
+        match other {
+            None => self.own_seq = seq,
+            Some(topic) => match self.seqs.get_mut(topic) {
+                Some(last) => *last = seq,
+                None => {
+                    self.seqs.insert(topic.to_string(), seq);
+                }
+            },
         }
         Ok(seq)
     }
+}
 
-    /// Read and discard the forwarder's (re)subscriptions, which arrive
-    /// again each time it reconnects.
-    fn drain_now_and_then(&mut self) {
-        self.since_drain += 1;
-        if self.since_drain < DRAIN_EVERY {
-            return;
-        }
-        self.since_drain = 0;
-        while self.socket.recv_bytes(zmq::DONTWAIT).is_ok() {}
+/// Read and discard the forwarder's (re)subscriptions, which arrive again
+/// each time it reconnects: every [`DRAIN_EVERY`] publications.
+fn drain_now_and_then(socket: &zmq::Socket, since_drain: &mut u32) {
+    *since_drain += 1;
+    if *since_drain < DRAIN_EVERY {
+        return;
     }
+    *since_drain = 0;
+    while socket.recv_bytes(zmq::DONTWAIT).is_ok() {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pubsub::wire::Header;
 
     #[test]
     fn reserved_and_malformed_topics_are_refused_with_the_reason() {

@@ -122,20 +122,15 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn topic(&mut self, topic: &str) -> Option<&mut TopicStats> {
-        if !self.topics.contains_key(topic) {
-            if self.topics.len() >= MAX_TOPIC_STATS {
-                return None;
-            }
-            self.topics.insert(topic.to_string(), TopicStats::default());
-        }
-        self.topics.get_mut(topic)
-    }
-
     fn count(&mut self, topic: &str, f: impl Fn(&mut TopicStats)) {
         f(&mut self.total);
-        if let Some(stats) = self.topic(topic) {
+        // One look-up for a topic already counted (nearly every message).
+        if let Some(stats) = self.topics.get_mut(topic) {
             f(stats);
+        } else if self.topics.len() < MAX_TOPIC_STATS {
+            let mut stats = TopicStats::default();
+            f(&mut stats);
+            self.topics.insert(topic.to_string(), stats);
         }
     }
 }
@@ -248,6 +243,7 @@ impl SubscriberBuilder {
             intake: Intake::new(patterns, ready_topic, self.start, self.gaps),
             queue: VecDeque::new(),
             limits: self.limits,
+            frames: Frames::default(),
         };
         let timeout = self.timeout.unwrap_or_else(|| self.ctx.default_timeout());
         subscriber
@@ -274,6 +270,49 @@ pub struct Subscriber {
     /// forwarder's answer, and a message after the gap error before it.
     queue: VecDeque<Result<Message>>,
     limits: Limits,
+    /// The message being received.
+    frames: Frames,
+}
+
+/// A message's frames as received: topic, header and body in messages
+/// reused from one publication to the next (libzmq's buffers, not copies
+/// into new vectors each time), attachments apart.
+struct Frames {
+    head: [zmq::Message; 3],
+    /// Frames after the body, taken by the message they belong to.
+    rest: Vec<zmq::Message>,
+}
+
+impl Default for Frames {
+    fn default() -> Frames {
+        Frames {
+            head: std::array::from_fn(|_| zmq::Message::new()),
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl Frames {
+    /// Receive the next message, if one is waiting: how many frames it has.
+    fn receive(&mut self, socket: &zmq::Socket) -> zmq::Result<usize> {
+        self.rest.clear();
+        let mut count = 0;
+        loop {
+            let frame = match self.head.get_mut(count) {
+                Some(frame) => frame,
+                None => {
+                    self.rest.push(zmq::Message::new());
+                    let last = self.rest.len() - 1;
+                    &mut self.rest[last]
+                }
+            };
+            socket.recv(frame, zmq::DONTWAIT)?;
+            count += 1;
+            if !frame.get_more() {
+                return Ok(count);
+            }
+        }
+    }
 }
 
 impl Subscriber {
@@ -394,12 +433,12 @@ impl Subscriber {
     /// Take one message off the socket (if there is one) and queue what
     /// the application gets of it; whether there was one.
     fn receive_one(&mut self) -> Result<bool> {
-        let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
-            Ok(frames) => frames,
+        let count = match self.frames.receive(&self.socket) {
+            Ok(count) => count,
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(false),
             Err(source) => return Err(transport(&self.endpoint)(source)),
         };
-        match self.accept(frames) {
+        match self.accept(count) {
             Ok(Some((message, gap))) => {
                 if let Some(missed) = gap {
                     self.gap(&message, missed);
@@ -422,47 +461,55 @@ impl Subscriber {
         Ok(true)
     }
 
-    /// The message in `frames` and the gap before it, if the application
-    /// gets it; `Err` says why it is malformed.
-    fn accept(
-        &mut self,
-        frames: Vec<Vec<u8>>,
-    ) -> std::result::Result<Option<(Message, Option<u64>)>, String> {
-        if frames.len() < 3 {
-            return Err(format!("{} frame(s), expected at least 3", frames.len()));
+    /// The message in `self.frames` (`count` frames) and the gap before
+    /// it, if the application gets it; `Err` says why it is malformed.
+    fn accept(&mut self, count: usize) -> std::result::Result<Option<(Message, Option<u64>)>, String> {
+        if count < 3 {
+            return Err(format!("{count} frame(s), expected at least 3"));
         }
-        let mut frames = frames.into_iter();
-        let (Some(topic), Some(header), Some(body)) = (frames.next(), frames.next(), frames.next()) else {
-            return Err("missing frames".into());
-        };
-        if topic.len() > wire::MAX_TOPIC_BYTES {
-            return Err(format!("a topic of {} bytes", topic.len()));
+        let [topic, header, body] = &self.frames.head;
+        // A subscriber mostly sees the topic it saw last: that one was
+        // checked and matched already.
+        if !self.intake.is_judged(topic) {
+            if topic.len() > wire::MAX_TOPIC_BYTES {
+                return Err(format!("a topic of {} bytes", topic.len()));
+            }
+            let topic = std::str::from_utf8(topic).map_err(|_| "a topic that is not UTF-8".to_string())?;
+            if let Some(problem) = wire::topic_problem(topic) {
+                return Err(problem);
+            }
+            if self.intake.route(topic) != Route::Judge {
+                return Ok(None);
+            }
         }
-        let topic = String::from_utf8(topic).map_err(|_| "a topic that is not UTF-8".to_string())?;
-        if let Some(problem) = wire::topic_problem(&topic) {
-            return Err(problem);
-        }
-        if self.intake.route(&topic) != Route::Judge {
-            return Ok(None);
-        }
-        let header = Header::decode(&header)?;
-        let body: Box<RawValue> =
-            serde_json::from_slice(&body).map_err(|e| format!("the body is not JSON: {e}"))?;
-        let attachments: Vec<Vec<u8>> = frames.collect();
+        let topic = self.intake.judged.as_str();
+        let header = Header::decode(header)?;
+        // Checked from libzmq's buffer; one copy, into the message.
+        let body: &RawValue = std::str::from_utf8(body)
+            .map_err(|e| format!("the body is not JSON: not UTF-8 ({e})"))
+            .and_then(|text| serde_json::from_str(text).map_err(|e| format!("the body is not JSON: {e}")))?;
         // Checked before judging, so that a message too large to deliver
         // shows up as the gap it is rather than as received.
-        let total: usize = attachments.iter().map(Vec::len).sum();
+        let total: usize = self.frames.rest.iter().map(|frame| frame.len()).sum();
         if total > self.limits.max_total_bytes {
             return Err(format!(
                 "attachments of {total} bytes exceed the limit of {} bytes",
                 self.limits.max_total_bytes
             ));
         }
+        // Copied before judging, which needs the intake (and its `judged`)
+        // mutably.
+        let topic = topic.to_string();
         let gap = match self.intake.judge(&topic, &header) {
             Verdict::Drop => return Ok(None),
             Verdict::Deliver { gap } => gap,
         };
-        let attachments = self.limits.receive(attachments)?;
+        let body = body.to_owned();
+        let attachments = if self.frames.rest.is_empty() {
+            Vec::new()
+        } else {
+            self.limits.receive(std::mem::take(&mut self.frames.rest))?
+        };
         Ok(Some((
             Message {
                 topic,
@@ -554,6 +601,10 @@ struct Intake {
     ready: bool,
     /// ... and the readiness subscription was withdrawn.
     unsubscribed: bool,
+    /// The last topic [`route`](Intake::route) sent to judging: a valid
+    /// topic that matches (the patterns never change, and a readiness topic
+    /// is never judged), so the same bytes again need no checking.
+    judged: String,
     seqs: SeqTracker,
     stats: Stats,
 }
@@ -567,6 +618,7 @@ impl Intake {
             gaps,
             ready: false,
             unsubscribed: false,
+            judged: String::new(),
             seqs: SeqTracker::new(MAX_TRACKED),
             stats: Stats::default(),
         }
@@ -586,7 +638,14 @@ impl Intake {
             self.stats.unmatched += 1;
             return Route::Drop;
         }
+        self.judged.clear();
+        self.judged.push_str(topic);
         Route::Judge
+    }
+
+    /// Whether `topic` is the last topic judged (so it would be again).
+    fn is_judged(&self, topic: &[u8]) -> bool {
+        !self.judged.is_empty() && topic == self.judged.as_bytes()
     }
 
     fn judge(&mut self, topic: &str, header: &Header) -> Verdict {

@@ -93,6 +93,16 @@ impl Header {
                 frame.len()
             ));
         }
+        // Every pycom publisher writes the plain shape: read it without
+        // serde's map machinery (a subscriber decodes one per message).
+        if let Some(plain) = PlainHeader::parse(frame) {
+            return Ok(Header {
+                src: plain.src.to_string(),
+                seq: plain.seq,
+                ts: plain.ts,
+                replay: false,
+            });
+        }
         serde_json::from_slice(frame).map_err(|e| format!("header is not {{src, seq, ts}}: {e}"))
     }
 
@@ -100,6 +110,86 @@ impl Header {
     pub fn encode(&self) -> Vec<u8> {
         // A struct of a string and numbers always serializes.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A header frame of exactly the shape [`Header::encode`] writes for a
+/// publication, `{"src":"…","seq":N,"ts":N}`: a `src` without escapes or
+/// control characters, whole numbers without leading zeros that fit a
+/// u64. Read without a JSON parser; any other shape (other key order,
+/// white space, escapes, `replay`, extra keys) is `None` and left to serde,
+/// which gives the same fields for every header this accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainHeader<'a> {
+    /// As [`Header::src`], borrowed from the frame.
+    pub src: &'a str,
+    /// As [`Header::seq`].
+    pub seq: u64,
+    /// As [`Header::ts`].
+    pub ts: u64,
+}
+
+impl<'a> PlainHeader<'a> {
+    /// The fields of `frame`, if it has the plain shape.
+    pub fn parse(frame: &'a [u8]) -> Option<PlainHeader<'a>> {
+        let rest = frame.strip_prefix(br#"{"src":""#)?;
+        // One pass: the closing quote, unless an escape or a control
+        // character comes first.
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        let src = std::str::from_utf8(&rest[..end]).ok()?;
+        let (seq, rest) = whole_number(rest[end..].strip_prefix(br#"","seq":"#)?)?;
+        let (ts, rest) = whole_number(rest.strip_prefix(br#","ts":"#)?)?;
+        (rest == b"}").then_some(PlainHeader { src, seq, ts })
+    }
+}
+
+/// A JSON whole number at the start of `bytes` and what follows it: 1 to
+/// 19 digits (so it always fits a u64), no leading zero.
+fn whole_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if !(1..=19).contains(&digits) || (digits > 1 && bytes[0] == b'0') {
+        return None;
+    }
+    let n = bytes[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((n, &bytes[digits..]))
+}
+
+/// One publisher's header frames, written into one buffer reused for every
+/// publication: the bytes [`Header::encode`] gives for the same fields,
+/// without a `Header` (and its copy of `src`) or an allocation each.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderWriter {
+    buf: Vec<u8>,
+    /// `{"src":"…","seq":` for this writer's `src`.
+    prefix: usize,
+}
+
+impl HeaderWriter {
+    pub(crate) fn new(src: &str) -> HeaderWriter {
+        let mut buf = br#"{"src":"#.to_vec();
+        // serde_json writes `src` as Header::encode does (escaped if need
+        // be); a Vec takes every write.
+        let _ = serde_json::to_writer(&mut buf, src);
+        buf.extend_from_slice(br#","seq":"#);
+        let prefix = buf.len();
+        HeaderWriter { buf, prefix }
+    }
+
+    /// The header frame of (`seq`, `ts`).
+    pub(crate) fn write(&mut self, seq: u64, ts: u64) -> &[u8] {
+        self.buf.truncate(self.prefix);
+        // Numbers as serde_json writes them (the same formatter as
+        // Header::encode's).
+        let _ = serde_json::to_writer(&mut self.buf, &seq);
+        self.buf.extend_from_slice(br#","ts":"#);
+        let _ = serde_json::to_writer(&mut self.buf, &ts);
+        self.buf.push(b'}');
+        &self.buf
     }
 }
 
@@ -249,5 +339,81 @@ mod tests {
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
         assert!(Header::decode(b"{\"src\":1}").is_err());
         assert!(Header::decode(b"[]").is_err());
+    }
+
+    #[test]
+    fn plain_headers_are_read_without_a_parser_and_others_are_left_to_serde() {
+        let plain = br#"{"src":"ab12","seq":1,"ts":1732560000000}"#;
+        assert_eq!(
+            PlainHeader::parse(plain),
+            Some(PlainHeader {
+                src: "ab12",
+                seq: 1,
+                ts: 1_732_560_000_000
+            })
+        );
+        let max = br#"{"src":"a","seq":9999999999999999999,"ts":0}"#;
+        assert_eq!(
+            PlainHeader::parse(max).map(|h| h.seq),
+            Some(9_999_999_999_999_999_999)
+        );
+        for other in [
+            &br#"{"src":"a\"b","seq":1,"ts":1}"#[..],
+            br#"{"src":"a","seq":01,"ts":1}"#,
+            br#"{"src":"a","seq":1,"ts":1,"replay":true}"#,
+            br#"{"src":"a","seq":99999999999999999999,"ts":1}"#,
+            br#"{"seq":1,"src":"a","ts":1}"#,
+            br#"{"src":"a","seq":-1,"ts":1}"#,
+            br#"{"src":"a","seq":1.5,"ts":1}"#,
+            br#"{"src":"a","seq":1,"ts":1} "#,
+            br#"{"src":"a","seq":,"ts":1}"#,
+            b"{\"src\":\"a\tb\",\"seq\":1,\"ts\":1}",
+            b"{\"src\":\"\xff\",\"seq\":1,\"ts\":1}",
+        ] {
+            assert_eq!(
+                PlainHeader::parse(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // What serde makes of the headers left to it is what decode gives.
+        let spaced = br#"{ "ts": 5, "seq": 3, "src": "s" }"#;
+        assert_eq!(
+            Header::decode(spaced).unwrap(),
+            Header {
+                src: "s".into(),
+                seq: 3,
+                ts: 5,
+                replay: false
+            }
+        );
+        assert!(Header::decode(br#"{"src":"a","seq":99999999999999999999,"ts":1}"#).is_err());
+        assert!(Header::decode(br#"{"src":"a","seq":-1,"ts":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_header_writer_writes_what_encode_does() {
+        let mut writer = HeaderWriter::new("0123456789abcdef0123456789abcdef");
+        for (seq, ts) in [(1, 0), (2, 1_732_560_000_000), (u64::MAX, u64::MAX), (10, 9)] {
+            let h = Header {
+                src: "0123456789abcdef0123456789abcdef".into(),
+                seq,
+                ts,
+                replay: false,
+            };
+            assert_eq!(writer.write(seq, ts), &h.encode()[..]);
+            assert_eq!(Header::decode(writer.write(seq, ts)).unwrap(), h);
+        }
+        // A src that needs escaping is escaped as serde does it.
+        let odd = "a\"b\\c\u{1}";
+        let h = Header {
+            src: odd.into(),
+            seq: 7,
+            ts: 8,
+            replay: false,
+        };
+        assert_eq!(HeaderWriter::new(odd).write(7, 8), &h.encode()[..]);
+        assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }
 }

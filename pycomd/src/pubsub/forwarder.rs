@@ -20,7 +20,7 @@ use super::lvc::Lvc;
 use crate::auth::policy::PubsubGrants;
 use crate::auth::view::View;
 use crate::auth::Policy;
-use pycom_client::pubsub::wire::{self, topic_problem};
+use pycom_client::pubsub::wire::{self, topic_problem, PlainHeader};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -123,6 +123,10 @@ pub struct Forwarder {
     pub grants: GrantCache,
     /// The user id of the message being handled, reused.
     pub user: String,
+    /// The last publication's topic that passed the topic checks (UTF-8,
+    /// the syntax, not reserved): a publisher streams on one topic, and the
+    /// same bytes again need no checking.
+    pub checked_topic: String,
 }
 
 /// The ZAP handler (ZeroMQ RFC 27): a REP socket bound to
@@ -246,9 +250,15 @@ impl Forwarder {
         if let Some(zap) = &self.zap {
             self.grants.refresh(&zap.view);
         }
+        // The cache's lock is taken once for the burst, not per publication
+        // (the server thread waits at most one burst for `stat` or
+        // `topics`); the counters are added once too.
+        let shared = Arc::clone(&self.shared);
+        let mut lvc = None;
+        let (mut messages, mut bytes_in) = (0u64, 0u64);
         for _ in 0..BURST {
             let Some((count, bytes)) = self.receive(Which::Xsub) else {
-                return;
+                break;
             };
             let problem = self.check(count, bytes);
             if let Some((counter, why)) = problem {
@@ -266,14 +276,16 @@ impl Forwarder {
                 self.log_drop(&why);
                 continue;
             }
-            add(&self.shared.counters.messages_in, 1);
-            add(&self.shared.counters.bytes_in, bytes as u64);
-            let topic = std::str::from_utf8(&self.frames[0]).unwrap_or_default();
-            self.shared
-                .lvc()
-                .put(topic, self.frames[1..].iter().map(|m| &m[..]));
+            messages += 1;
+            bytes_in += bytes as u64;
+            // check() left this publication's topic in `checked_topic`.
+            lvc.get_or_insert_with(|| shared.lvc())
+                .put(&self.checked_topic, self.frames[1..].iter().map(|m| &m[..]));
             self.send_frames();
         }
+        drop(lvc);
+        add(&shared.counters.messages_in, messages);
+        add(&shared.counters.bytes_in, bytes_in);
     }
 
     /// Whether the publisher of the (checked) publication in `self.frames`
@@ -318,7 +330,7 @@ impl Forwarder {
     }
 
     /// Why the publication in `self.frames` is not forwarded, if it is not.
-    fn check(&self, count: usize, bytes: usize) -> Option<(Drop, String)> {
+    fn check(&mut self, count: usize, bytes: usize) -> Option<(Drop, String)> {
         let max = self.shared.max_message_bytes.load(Ordering::Relaxed);
         if bytes > max {
             return Some((
@@ -332,22 +344,31 @@ impl Forwarder {
                 format!("a publication has {count} frames; it needs topic, header, body and at most {} attachments", MAX_FRAMES - 3),
             ));
         }
-        let Ok(topic) = std::str::from_utf8(&self.frames[0]) else {
-            return Some((Drop::Malformed, "a publication's topic is not UTF-8".into()));
-        };
-        if let Some(problem) = topic_problem(topic) {
-            return Some((Drop::Malformed, format!("a publication was dropped: {problem}")));
+        if self.frames[0][..] != *self.checked_topic.as_bytes() {
+            let Ok(topic) = std::str::from_utf8(&self.frames[0]) else {
+                return Some((Drop::Malformed, "a publication's topic is not UTF-8".into()));
+            };
+            if let Some(problem) = topic_problem(topic) {
+                return Some((Drop::Malformed, format!("a publication was dropped: {problem}")));
+            }
+            if topic.starts_with(wire::RESERVED) {
+                return Some((
+                    Drop::Reserved,
+                    format!(
+                        "a publication on '{topic}' was dropped: topics under {} are pycomd's own",
+                        wire::RESERVED
+                    ),
+                ));
+            }
+            self.checked_topic.clear();
+            self.checked_topic.push_str(topic);
         }
-        if topic.starts_with(wire::RESERVED) {
-            return Some((
-                Drop::Reserved,
-                format!(
-                    "a publication on '{topic}' was dropped: topics under {} are pycomd's own",
-                    wire::RESERVED
-                ),
-            ));
-        }
-        let header = &self.frames[1];
+        // For the reasons below (this publication's, checked above or
+        // the same bytes as the last one's).
+        let topic = &self.checked_topic;
+        // A slice, not the message: each look into a zmq::Message asks
+        // libzmq for its data and size again.
+        let header: &[u8] = &self.frames[1];
         if header.len() > wire::MAX_HEADER_BYTES {
             return Some((
                 Drop::Malformed,
@@ -358,7 +379,7 @@ impl Forwarder {
             ));
         }
         // The shape every pycom publisher writes needs no parser.
-        let parsed = if plain_header(header) {
+        let parsed = if PlainHeader::parse(header).is_some() {
             Ok(None)
         } else {
             serde_json::from_slice::<HeaderCheck>(header).map(Some)
@@ -516,29 +537,6 @@ impl Forwarder {
     }
 }
 
-/// Whether `header` is exactly `{"src":"…","seq":N,"ts":N}` with a plain
-/// `src` (no escapes) and whole numbers that fit a u64: what pycom-client
-/// writes, checked without a JSON parser.
-fn plain_header(header: &[u8]) -> bool {
-    fn number(bytes: &[u8]) -> Option<&[u8]> {
-        let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
-        let fits = (1..=19).contains(&digits) && (digits == 1 || bytes[0] != b'0');
-        fits.then(|| &bytes[digits..])
-    }
-    let check = || -> Option<()> {
-        let rest = header.strip_prefix(br#"{"src":""#)?;
-        let end = rest.iter().position(|&b| b == b'"')?;
-        let src = &rest[..end];
-        if src.iter().any(|&b| b == b'\\' || b < 0x20) || std::str::from_utf8(src).is_err() {
-            return None;
-        }
-        let rest = number(rest[end..].strip_prefix(br#"","seq":"#)?)?;
-        let rest = number(rest.strip_prefix(br#","ts":"#)?)?;
-        (rest == b"}").then_some(())
-    };
-    check().is_some()
-}
-
 #[derive(Clone, Copy)]
 enum Which {
     Xsub,
@@ -578,25 +576,5 @@ fn counter_of(counters: &Counters, drop: Drop) -> &AtomicU64 {
         Drop::Oversize => &counters.dropped_oversize,
         Drop::Malformed => &counters.dropped_malformed,
         Drop::Reserved => &counters.dropped_reserved,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_header;
-
-    #[test]
-    fn plain_headers_pass_without_a_parser_and_others_do_not() {
-        assert!(plain_header(br#"{"src":"ab12","seq":1,"ts":1732560000000}"#));
-        for other in [
-            &br#"{"src":"a\"b","seq":1,"ts":1}"#[..],
-            br#"{"src":"a","seq":01,"ts":1}"#,
-            br#"{"src":"a","seq":1,"ts":1,"replay":true}"#,
-            br#"{"src":"a","seq":99999999999999999999,"ts":1}"#,
-            br#"{"seq":1,"src":"a","ts":1}"#,
-            br#"{"src":"a","seq":-1,"ts":1}"#,
-        ] {
-            assert!(!plain_header(other), "{}", String::from_utf8_lossy(other));
-        }
     }
 }

@@ -160,6 +160,7 @@ pub fn start(settings: &Settings, auth: Option<Arc<View>>) -> Result<Started, St
         zap,
         grants: forwarder::GrantCache::default(),
         user: String::new(),
+        checked_topic: String::new(),
     };
     let thread = std::thread::Builder::new()
         .name("pubsub".into())
