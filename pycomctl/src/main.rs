@@ -128,7 +128,14 @@ pub struct Cli {
     /// The nameserver's CURVE public key (40 Z85 characters), for a pycomd
     /// with `[security] curve = true`: its data dir's curve/server.public.
     /// Needs a pycomctl built with etc/system-libzmq.toml
-    #[arg(long, global = true, env = "PYCOM_SERVER_KEY", value_name = "KEY")]
+    // Z85 keys may start with '-' (about one in 85): taken as the value.
+    #[arg(
+        long,
+        global = true,
+        env = "PYCOM_SERVER_KEY",
+        value_name = "KEY",
+        allow_hyphen_values = true
+    )]
     pub server_key: Option<String>,
     /// Output format: tables (or a call's plain result), or JSON
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]

@@ -361,3 +361,14 @@ fn list_services_long_counts_unanswered_probes() {
     let table = stdout(&ctl(&d, &["list-services", "--long", "--service", "/fails/"]));
     assert!(table.contains("PROBES FAILED"), "{table}");
 }
+
+/// A CURVE key is Z85, which may start with '-' (about one key in 85): it
+/// is taken as the value of --server-key, not as another flag.
+#[test]
+fn a_server_key_starting_with_a_dash_is_a_value() {
+    let key = format!("-{}", "c".repeat(39));
+    let o = ctl_at("tcp://127.0.0.1:1", &["--server-key", &key, "stat"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("unexpected argument"), "{err}");
+    assert!(err.contains("CURVE") || err.contains("no answer"), "{err}");
+}
