@@ -213,9 +213,8 @@ pub fn result(run: &Run) -> Value {
     match (&run.state, &run.finish) {
         (RunState::Running, _) => json!({"state": "running"}),
         (RunState::Succeeded, Some(f)) => json!({"state": "succeeded", "result": f.result}),
-        (state, f) => {
+        (state, _) => {
             let fault = super::fault_of(run);
-            let _ = f;
             json!({"state": state.name(), "error": fault.message, "code": fault.code.as_number()})
         }
     }

@@ -80,8 +80,7 @@ pub fn next(
                 (schedule, failure, finish) = fail(run, at, *code, error, now_ms);
             }
         }
-        StepOutcome::Ok(value) if at.compensate => {
-            let _ = value;
+        StepOutcome::Ok(_) if at.compensate => {
             (schedule, finish) = next_compensation(run, at, now_ms, None);
         }
         StepOutcome::Ok(value) => {

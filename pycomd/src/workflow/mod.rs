@@ -882,7 +882,7 @@ impl Engine {
             .calls()
             .iter()
             .enumerate()
-            .filter(|(b, c)| !run.results.contains_key(&c.name) || *b == usize::MAX)
+            .filter(|(_, c)| !run.results.contains_key(&c.name))
             .map(|(b, _)| {
                 let at = At {
                     step,
