@@ -1,7 +1,8 @@
 //! Access control's shared parts: where a token travels on the wire, who a
 //! caller is, and the users file (htpasswd: `name:hash`) with its password
-//! checks, used by pycomd's authenticator and by a service that checks a
-//! password file of its own (PROTOCOL.md section 7).
+//! checks, and the throttle on failed logins ([`throttle`]), used by
+//! pycomd's authenticator and by a service that checks a password file of
+//! its own (PROTOCOL.md section 7).
 //!
 //! A token is a bare string in `extensions["org.pycom.auth"]`, as PyCOM 0.6
 //! sends it; the object form `{"token": "..."}` is accepted on input.
@@ -12,6 +13,9 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
+
+pub mod throttle;
+pub use throttle::Throttle;
 
 /// The request extension that carries the caller's token.
 pub const EXTENSION: &str = "org.pycom.auth";

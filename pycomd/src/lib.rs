@@ -284,7 +284,7 @@ fn start_auth(
     encrypted: bool,
     mailbox: &mailbox::Mailbox,
 ) -> Result<auth::methods::Auth, String> {
-    let throttle = auth::throttle::Shared::default();
+    let throttle = auth::throttle::Shared::new(auth::THROTTLED_NAMES);
     let hasher = auth::hasher::Hasher::start(|| mailbox.poster(), &throttle)?;
     if !encrypted {
         if let Some(why) = config::exposed(listen) {

@@ -14,8 +14,10 @@
 pub mod hasher;
 pub mod methods;
 pub mod policy;
-pub mod throttle;
 pub mod view;
+
+/// The login throttle, shared with a service's own authenticator.
+pub use pycom_client::auth::throttle;
 
 use crate::registry::tokens::Digest;
 use crate::registry::State;
@@ -25,6 +27,9 @@ use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
 pub use policy::Policy;
+
+/// User names whose failed logins are remembered at once.
+pub const THROTTLED_NAMES: usize = 100_000;
 
 /// A logged-in caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

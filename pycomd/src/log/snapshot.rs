@@ -36,16 +36,16 @@ pub struct SnapshotData {
     pub runs: Vec<Run>,
 }
 
-/// The state as of one entry, taken by the server in a blink: the records
-/// are shared (`Arc`), not copied, and written out on another thread.
+/// The state as of one entry, taken by the server in a blink: the records,
+/// tokens and runs are shared (`Arc`), not copied, and written out on
+/// another thread.
 #[derive(Debug)]
 pub struct Snapshot {
     pub last: LogId,
     pub revision: u64,
     pub records: Vec<Arc<Record>>,
     pub tokens: Vec<Arc<Token>>,
-    /// Runs are copied: there are few, and they change in place.
-    pub runs: Vec<Run>,
+    pub runs: Vec<Arc<Run>>,
 }
 
 impl Snapshot {
@@ -67,7 +67,7 @@ struct SnapshotRef<'a> {
     revision: u64,
     records: &'a [Arc<Record>],
     tokens: &'a [Arc<Token>],
-    runs: &'a [Run],
+    runs: &'a [Arc<Run>],
 }
 
 impl SnapshotData {

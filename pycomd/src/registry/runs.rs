@@ -254,7 +254,9 @@ impl RunCommand {
 /// Every run pycomd remembers.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Runs {
-    runs: BTreeMap<Arc<str>, Run>,
+    /// Shared, so that a snapshot takes the runs without copying their
+    /// step histories; a change copies a run only while a snapshot holds it.
+    runs: BTreeMap<Arc<str>, Arc<Run>>,
     /// Runs by start, for listing newest first.
     order: BTreeSet<(u64, Arc<str>)>,
     /// Ended runs by end, for retention.
@@ -275,6 +277,7 @@ impl Runs {
     }
 
     fn insert(&mut self, run: Run) {
+        let run = Arc::new(run);
         self.order.insert((run.started_ms, run.id.clone()));
         match run.ended_ms {
             Some(ended) if run.state != RunState::Running => {
@@ -286,7 +289,7 @@ impl Runs {
         self.runs.insert(run.id.clone(), run);
     }
 
-    fn remove(&mut self, id: &str) -> Option<Run> {
+    fn remove(&mut self, id: &str) -> Option<Arc<Run>> {
         let run = self.runs.remove(id)?;
         self.order.remove(&(run.started_ms, run.id.clone()));
         match run.ended_ms {
@@ -300,7 +303,7 @@ impl Runs {
     }
 
     pub fn get(&self, id: &str) -> Option<&Run> {
-        self.runs.get(id)
+        self.runs.get(id).map(|r| &**r)
     }
 
     pub fn len(&self) -> usize {
@@ -330,16 +333,13 @@ impl Runs {
 
     /// Every run, newest first.
     pub fn newest_first(&self) -> impl Iterator<Item = &Run> {
-        self.order.iter().rev().filter_map(|(_, id)| self.runs.get(id))
+        self.order.iter().rev().filter_map(|(_, id)| self.get(id))
     }
 
     /// Runs started before `run_id`'s start (the page after it).
     pub fn older_than<'a>(&'a self, run: &Run) -> impl Iterator<Item = &'a Run> + 'a {
         let key = (run.started_ms, run.id.clone());
-        self.order
-            .range(..key)
-            .rev()
-            .filter_map(|(_, id)| self.runs.get(id))
+        self.order.range(..key).rev().filter_map(|(_, id)| self.get(id))
     }
 
     /// How many runs are in each state, every state named (zeros too).
@@ -365,10 +365,14 @@ impl Runs {
 
     /// Runs still running.
     pub fn active(&self) -> impl Iterator<Item = &Run> {
-        self.runs.values().filter(|r| r.state == RunState::Running)
+        self.runs
+            .values()
+            .map(|r| &**r)
+            .filter(|r| r.state == RunState::Running)
     }
 
-    pub fn shared(&self) -> impl Iterator<Item = &Run> {
+    /// The runs as shared handles.
+    pub fn shared(&self) -> impl Iterator<Item = &Arc<Run>> {
         self.runs.values()
     }
 
@@ -436,7 +440,7 @@ impl Runs {
                         "run {run_id}: attempt {attempt} of that step is not in flight"
                     )));
                 };
-                let mut run = self.remove(run_id).ok_or_else(|| unknown(run_id))?;
+                let mut run = self.take(run_id)?;
                 let a = &mut run.attempts[slot];
                 a.ended_ms = Some(*at_ms);
                 a.outcome = Some(outcome.clone());
@@ -464,7 +468,7 @@ impl Runs {
                 finish,
             } => {
                 self.running_run(run_id)?;
-                let mut run = self.remove(run_id).ok_or_else(|| unknown(run_id))?;
+                let mut run = self.take(run_id)?;
                 end(&mut run, finish, *at_ms);
                 self.insert(run);
                 Ok(())
@@ -475,7 +479,7 @@ impl Runs {
                 schedule,
                 max_running,
             } => {
-                let run = self.runs.get(run_id.as_str()).ok_or_else(|| unknown(run_id))?;
+                let run = self.get(run_id).ok_or_else(|| unknown(run_id))?;
                 if !matches!(run.state, RunState::Failed | RunState::Interrupted) {
                     return Err(Fault::bad_request(format!(
                         "run {run_id} is {}: only a failed or interrupted run can be redriven",
@@ -485,7 +489,7 @@ impl Runs {
                 if self.running >= *max_running {
                     return Err(too_many(*max_running));
                 }
-                let mut run = self.remove(run_id).ok_or_else(|| unknown(run_id))?;
+                let mut run = self.take(run_id)?;
                 // What was in flight when it stopped is abandoned.
                 for a in run.attempts.iter_mut().filter(|a| a.outcome.is_none()) {
                     a.ended_ms = Some(*at_ms);
@@ -522,8 +526,14 @@ impl Runs {
         }
     }
 
+    /// Take a run out to change it: copied only if a snapshot shares it.
+    fn take(&mut self, run_id: &str) -> Result<Run, Fault> {
+        let run = self.remove(run_id).ok_or_else(|| unknown(run_id))?;
+        Ok(Arc::unwrap_or_clone(run))
+    }
+
     fn running_run(&self, run_id: &str) -> Result<&Run, Fault> {
-        let run = self.runs.get(run_id).ok_or_else(|| unknown(run_id))?;
+        let run = self.get(run_id).ok_or_else(|| unknown(run_id))?;
         if run.state != RunState::Running {
             return Err(Fault::bad_request(format!(
                 "run {run_id} is {} already",
@@ -667,6 +677,39 @@ mod tests {
         assert_eq!((runs.running(), runs.ended()), (0, 1));
         // Ended: nothing more is recorded.
         assert!(runs.apply(&end_step("r1", 1, 1, vec![], None)).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_shares_the_runs_and_a_later_change_leaves_them_alone() {
+        use crate::log::snapshot::Snapshot;
+        use crate::log::LogId;
+        use crate::registry::{Command, State};
+
+        let mut state = State::default();
+        state.apply(&Command::Run(Box::new(start("r1", 1)))).0.unwrap();
+        let last = LogId {
+            term: 1,
+            node: 1,
+            index: 1,
+        };
+        let snapshot = Snapshot::of(&state, last);
+        let held = state.runs().shared().next().unwrap();
+        assert!(
+            Arc::ptr_eq(&snapshot.runs[0], held),
+            "the snapshot copied the run"
+        );
+        // The step's end copies the run the snapshot holds, not changes it.
+        state
+            .apply(&Command::Run(Box::new(end_step("r1", 0, 1, vec![], None))))
+            .0
+            .unwrap();
+        assert_eq!(snapshot.runs[0].in_flight().count(), 1);
+        assert_eq!(state.runs().get("r1").unwrap().in_flight().count(), 0);
+        // Written and read back, the shared runs are the runs.
+        let taken = Snapshot::of(&state, last);
+        let bytes = crate::log::snapshot::file_bytes(&taken.encode().unwrap());
+        let (read, _) = crate::log::snapshot::verify(&bytes).unwrap().into_state();
+        assert_eq!(read.runs(), state.runs());
     }
 
     #[test]

@@ -101,8 +101,10 @@ pub struct Engine {
     /// Runs with a proposal in the log: their next decision waits.
     pending: HashSet<Arc<str>>,
     queued: HashMap<Arc<str>, VecDeque<calls::Called>>,
-    /// Proposals the log refused, to try again.
-    retry: Vec<(Instant, RunCommand)>,
+    /// Proposals the log refused, to try again, soonest first: each waits
+    /// the same [`REPROPOSE`] from when it was refused, so pushing keeps
+    /// the order.
+    retry: VecDeque<(Instant, RunCommand)>,
     /// Attempts that failed before a call was made (no provider, bad
     /// args), decided on the server's next turn like a call's result.
     ready: Vec<calls::Called>,
@@ -111,9 +113,24 @@ pub struct Engine {
     /// Access control is on: `run_as` principals log in.
     auth_on: bool,
     run_as: HashMap<String, RunAs>,
+    /// When the `run_as` logins are looked at next: the server turns far
+    /// more often than a token needs renewing.
+    logins_check: LoginCheck,
     /// Calls waiting for their `run_as` principal's login (named last).
     awaiting: Vec<(Arc<str>, At, u32, String)>,
     pub stats: Stats,
+}
+
+/// When [`Engine::logins_due`] can next find a login to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginCheck {
+    /// Something changed (a login made or failed, a reload): on the next turn.
+    Now,
+    /// When the soonest token is to be renewed (unix ms, as tokens expire).
+    AtMs(u64),
+    /// Not before something changes: every principal has a login on its
+    /// way, or access control is off.
+    OnChange,
 }
 
 /// An attempt waiting for its backoff to end.
@@ -164,12 +181,13 @@ impl Engine {
             timers: BinaryHeap::new(),
             pending: HashSet::new(),
             queued: HashMap::new(),
-            retry: Vec::new(),
+            retry: VecDeque::new(),
             ready: Vec::new(),
             next_sweep: Instant::now() + SWEEP,
             turn: 0,
             auth_on: false,
             run_as: HashMap::new(),
+            logins_check: LoginCheck::Now,
             awaiting: Vec::new(),
             stats: Stats::default(),
         }
@@ -184,6 +202,8 @@ impl Engine {
         &mut self,
         settings: &crate::config::Settings,
     ) -> Result<(Vec<Record>, Vec<String>, String), String> {
+        // Principals, or the renewal margin, may change.
+        self.logins_check = LoginCheck::Now;
         let mut defs = definition::load_dir(&self.dir, self.required)?;
         let old = self.waiters_services();
         let mut removed = Vec::new();
@@ -257,6 +277,7 @@ impl Engine {
     /// pycomd logs them in for.
     pub fn set_auth(&mut self, on: bool) {
         self.auth_on = on;
+        self.logins_check = LoginCheck::Now;
     }
 
     /// A login is durable: if it was a `run_as` principal's, its token is
@@ -272,6 +293,7 @@ impl Engine {
         if let Some((token, _, expires_ms)) = r.next.take() {
             r.current = Some((token, expires_ms));
         }
+        self.logins_check = LoginCheck::Now;
         let principal = principal.clone();
         let (go, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
             .into_iter()
@@ -301,6 +323,7 @@ impl Engine {
         if let Some(r) = self.run_as.get_mut(principal) {
             r.next = None;
         }
+        self.logins_check = LoginCheck::Now;
         let (fail, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
             .into_iter()
             .partition(|a| a.3 == principal);
@@ -321,27 +344,52 @@ impl Engine {
     }
 
     /// `run_as` principals with no token, or less than half of one left,
-    /// and no login on its way.
-    fn logins_due(&self, now_ms: u64) -> Vec<String> {
+    /// and no login on its way. Looks only when [`Engine::logins_check`]
+    /// says one can be due, and sets when to look next.
+    fn logins_due(&mut self) -> Vec<String> {
+        let now_ms = match self.logins_check {
+            LoginCheck::OnChange => return Vec::new(),
+            LoginCheck::AtMs(at_ms) => match crate::auth::unix_ms() {
+                now_ms if now_ms >= at_ms => now_ms,
+                _ => return Vec::new(),
+            },
+            LoginCheck::Now => crate::auth::unix_ms(),
+        };
         if !self.auth_on {
+            self.logins_check = LoginCheck::OnChange;
             return Vec::new();
         }
-        let mut due: Vec<String> = self
-            .hosted
-            .iter()
-            .filter_map(|h| h.def.run_as.clone())
-            .filter(|p| match self.run_as.get(p) {
-                None => true,
-                Some(r) => {
-                    r.next.is_none()
-                        && r.current.as_ref().is_none_or(|(_, expires_ms)| {
-                            expires_ms.saturating_sub(now_ms) < self.limits.run_as_renew_ms
-                        })
+        let renew_ms = self.limits.run_as_renew_ms;
+        let mut soonest: Option<u64> = None;
+        let mut due: Vec<String> = Vec::new();
+        for principal in self.hosted.iter().filter_map(|h| h.def.run_as.as_ref()) {
+            let renew_at_ms = match self.run_as.get(principal) {
+                None => None,
+                // Its login's end changes this: looked at again then.
+                Some(r) if r.next.is_some() => continue,
+                Some(r) => r
+                    .current
+                    .as_ref()
+                    .map(|(_, expires_ms)| renew_at(*expires_ms, renew_ms)),
+            };
+            match renew_at_ms {
+                Some(Some(at_ms)) if at_ms > now_ms => {
+                    soonest = Some(soonest.map_or(at_ms, |s| s.min(at_ms)));
                 }
-            })
-            .collect();
+                // No margin: a token held is never renewed.
+                Some(None) => {}
+                _ => due.push(principal.clone()),
+            }
+        }
         due.sort();
         due.dedup();
+        // Those due have their logins made (or failed) meanwhile: the next
+        // turn looks again, as it did before any was asked for.
+        self.logins_check = match (due.is_empty(), soonest) {
+            (false, _) => LoginCheck::Now,
+            (true, Some(at_ms)) => LoginCheck::AtMs(at_ms),
+            (true, None) => LoginCheck::OnChange,
+        };
         due
     }
 
@@ -359,8 +407,20 @@ impl Engine {
             return Some(Instant::now());
         }
         let timer = self.timers.peek().map(|Reverse((t, ..))| *t);
-        let retry = self.retry.iter().map(|(t, _)| *t).min();
-        [timer, retry, Some(self.next_sweep)].into_iter().flatten().min()
+        let retry = self.retry.front().map(|(t, _)| *t);
+        // A change (`LoginCheck::Now`) is looked at on the next turn, which
+        // comes anyway: waking for it would spin while a login keeps failing.
+        let login = match self.logins_check {
+            LoginCheck::AtMs(at_ms) => {
+                let wait = Duration::from_millis(at_ms.saturating_sub(crate::auth::unix_ms()));
+                Some(Instant::now() + wait)
+            }
+            LoginCheck::Now | LoginCheck::OnChange => None,
+        };
+        [timer, retry, login, Some(self.next_sweep)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// After a restart: every running run goes on from what the log says.
@@ -713,7 +773,7 @@ impl Engine {
             return;
         }
         warn!(run = %id, "a run's step could not be written (trying again): {}", fault.message);
-        self.retry.push((Instant::now() + REPROPOSE, command));
+        self.retry.push_back((Instant::now() + REPROPOSE, command));
     }
 
     /// A call came back.
@@ -790,7 +850,7 @@ impl Engine {
         for called in std::mem::take(&mut self.ready) {
             steps.extend(self.called(called, registry));
         }
-        for principal in self.logins_due(crate::auth::unix_ms()) {
+        for principal in self.logins_due() {
             steps.push(Step::Login(principal));
         }
         while let Some(Reverse((t, ..))) = self.timers.peek() {
@@ -807,11 +867,10 @@ impl Engine {
                 self.call(run, at, attempt, registry);
             }
         }
-        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
-            .into_iter()
-            .partition(|(t, _)| *t <= now);
-        self.retry = later;
-        for (_, command) in ready {
+        while self.retry.front().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, command)) = self.retry.pop_front() else {
+                break;
+            };
             steps.push(self.propose(command));
         }
         if now >= self.next_sweep {
@@ -1139,6 +1198,12 @@ pub fn start(
     )))
 }
 
+/// When a token expiring at `expires_ms` is due for renewal: the first ms
+/// less than `renew_ms` is left of it; `None` if never (no margin).
+fn renew_at(expires_ms: u64, renew_ms: u64) -> Option<u64> {
+    (renew_ms > 0).then(|| expires_ms.checked_sub(renew_ms).map_or(0, |at| at + 1))
+}
+
 fn limits(settings: &crate::config::Settings) -> Limits {
     Limits {
         run_as_renew_ms: settings.auth.token_ttl.saturating_mul(1000) / 2,
@@ -1150,5 +1215,131 @@ fn limits(settings: &crate::config::Settings) -> Limits {
         run_bytes: settings.workflow_run_bytes,
         history_bytes: settings.workflow_history_bytes,
         max_message_bytes: settings.max_message_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::State;
+
+    /// An engine hosting one workflow per `run_as` principal, access
+    /// control on, renewing tokens with `renew_ms` left.
+    fn engine(principals: &[&str], renew_ms: u64) -> Engine {
+        let zmq = zmq::Context::new();
+        let hosted = principals
+            .iter()
+            .map(|p| {
+                let text = format!(
+                    r#"{{"service": "/w/{p}", "run_as": "{p}", "tasks": {{"t": [{{"interface": "a"}}]}}}}"#
+                );
+                Hosted {
+                    def: definition::parse(&text, std::path::Path::new("w.json")).unwrap(),
+                    socket: zmq.socket(zmq::ROUTER).unwrap(),
+                    address: String::new(),
+                }
+            })
+            .collect();
+        let posters = crate::mailbox::Mailbox::new(&zmq).unwrap().posters();
+        let mut limits = limits(&crate::config::Settings::default());
+        limits.run_as_renew_ms = renew_ms;
+        let mut e = Engine::new(
+            hosted,
+            calls::Pool::new(&zmq, posters, 1),
+            limits,
+            "".into(),
+            false,
+            &zmq,
+        );
+        e.set_auth(true);
+        e
+    }
+
+    #[test]
+    fn renewal_starts_when_less_than_the_margin_is_left() {
+        for (expires_ms, renew_ms) in [(100, 30), (10, 30), (30, 30), (u64::MAX, 5), (0, 1)] {
+            for now_ms in [0, 9, 10, 11, 69, 70, 71, 99, 100, 101, u64::MAX - 5, u64::MAX] {
+                let due = expires_ms.saturating_sub(now_ms) < renew_ms;
+                let at = renew_at(expires_ms, renew_ms).unwrap();
+                assert_eq!(
+                    now_ms >= at,
+                    due,
+                    "expires {expires_ms}, renew {renew_ms}, now {now_ms}"
+                );
+            }
+        }
+        assert_eq!(renew_at(100, 0), None, "no margin: never renewed");
+    }
+
+    #[test]
+    fn logins_are_looked_at_only_when_one_can_be_due() {
+        let registry = Registry::new(State::default(), Vec::new());
+        let mut e = engine(&["b", "a", "a"], 1_000);
+        // Never logged in: both at once, then not again while on their way.
+        assert_eq!(e.logins_due(), ["a", "b"]);
+        let now_ms = crate::auth::unix_ms();
+        e.minting("a", "ta".into(), "sa".into(), now_ms + 60_000);
+        e.minting("b", "tb".into(), "sb".into(), now_ms + 30_000);
+        assert!(e.logins_due().is_empty());
+        assert_eq!(e.logins_check, LoginCheck::OnChange);
+        // Logged in: looked at again when the sooner one needs renewing,
+        // and the server wakes for it.
+        e.logged_in("sa", &registry);
+        e.logged_in("sb", &registry);
+        assert!(e.logins_due().is_empty());
+        assert_eq!(e.logins_check, LoginCheck::AtMs(now_ms + 29_001));
+        let wake = e.next_wakeup().unwrap();
+        assert!(wake <= Instant::now() + Duration::from_secs(30) && wake > Instant::now());
+        // A failed renewal leaves the current token in use until its time.
+        e.minting("a", "ta2".into(), "sa2".into(), now_ms + 90_000);
+        e.login_failed("a", "no such user");
+        assert!(e.logins_due().is_empty());
+        assert_eq!(e.logins_check, LoginCheck::AtMs(now_ms + 29_001));
+        // A token whose renewal time has come.
+        e.minting("a", "ta3".into(), "sa3".into(), now_ms + 500);
+        e.logged_in("sa3", &registry);
+        assert_eq!(e.logins_due(), ["a"]);
+        // A failed first login is asked for again on the next turn.
+        let mut c = engine(&["c"], 1_000);
+        assert_eq!(c.logins_due(), ["c"]);
+        c.login_failed("c", "no such user");
+        assert_eq!(c.logins_due(), ["c"]);
+        // Off: nothing to look at until it is on again.
+        e.set_auth(false);
+        assert!(e.logins_due().is_empty());
+        assert_eq!(e.logins_check, LoginCheck::OnChange);
+    }
+
+    #[test]
+    fn a_refused_proposal_is_proposed_again_once_its_wait_is_over() {
+        let registry = Registry::new(State::default(), Vec::new());
+        let mut e = engine(&[], 1_000);
+        let end = |id: &str| RunCommand::End {
+            run_id: id.into(),
+            at_ms: 1,
+            finish: Finish {
+                state: RunState::Cancelled,
+                result: None,
+                code: None,
+                error: None,
+            },
+        };
+        let fault = Fault::unavailable("full");
+        e.not_written(end("r1"), &fault);
+        e.not_written(end("r2"), &fault);
+        let now = Instant::now();
+        assert!(e.due(&registry, now).is_empty());
+        let wake = e.next_wakeup().unwrap();
+        assert!(wake > now && wake <= Instant::now() + REPROPOSE);
+        let proposed: Vec<String> = e
+            .due(&registry, Instant::now() + REPROPOSE)
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Propose(c) => c.run_id().map(str::to_string),
+                Step::Login(_) => None,
+            })
+            .collect();
+        assert_eq!(proposed, ["r1", "r2"]);
+        assert!(e.retry.is_empty());
     }
 }

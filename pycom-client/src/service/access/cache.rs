@@ -75,6 +75,7 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     }
 
     /// Forget `key`.
+    #[cfg(test)]
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.map.remove(key).map(|e| e.value)
     }

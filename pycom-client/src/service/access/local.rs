@@ -2,8 +2,7 @@
 //! its users file, the tokens it gave (in memory, bounded), and
 //! `org.pycom.authenticator` served on the service's endpoint.
 
-use super::cache::TtlCache;
-use crate::auth::{self, api, Caller, Issued, PasswordFile, Validation};
+use crate::auth::{self, api, throttle, Caller, Issued, PasswordFile, Validation};
 use crate::proto::{Code, Fault};
 use crate::service::{Interface, Request};
 use serde_json::{json, Value};
@@ -17,10 +16,8 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
 pub const MAX_TOKENS: usize = 10_000;
 /// Most tokens one user holds; a login beyond drops that user's oldest.
 pub const MAX_TOKENS_PER_USER: usize = 100;
-/// Wrong passwords in a row for a user before it is slowed down.
-pub const FREE_FAILURES: u32 = 5;
-/// Longest wait asked of a user after wrong passwords.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// User names whose failed logins are remembered at once.
+const THROTTLED_NAMES: usize = 10_000;
 
 /// The answer to a wrong user or a wrong password alike.
 const WRONG: &str = "authenticate: wrong user name or password";
@@ -62,17 +59,11 @@ impl Tokens {
     }
 }
 
-/// Wrong passwords in a row for one user, and until when it must wait.
-#[derive(Clone, Copy)]
-struct Failures {
-    count: u32,
-    wait_until: Option<Instant>,
-}
-
 pub struct Local {
     users: PasswordFile,
     tokens: Mutex<Tokens>,
-    failures: Mutex<TtlCache<String, Failures>>,
+    /// Shared by the service's workers: a burst of guesses is not all checked.
+    throttle: throttle::Shared,
 }
 
 impl Local {
@@ -80,16 +71,12 @@ impl Local {
         Local {
             users,
             tokens: Mutex::new(Tokens::default()),
-            failures: Mutex::new(TtlCache::new(MAX_TOKENS)),
+            throttle: throttle::Shared::new(THROTTLED_NAMES),
         }
     }
 
     fn tokens(&self) -> MutexGuard<'_, Tokens> {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn failures(&self) -> MutexGuard<'_, TtlCache<String, Failures>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Check `user`'s password (slow on purpose: on a worker thread) and
@@ -100,27 +87,14 @@ impl Local {
         };
         too_long("user", user, auth::MAX_USER_BYTES)?;
         too_long("credentials", password, auth::MAX_PASSWORD_BYTES)?;
-        let key = user.to_string();
-        if let Some(wait) = self.failures().get(&key, now).and_then(|f| f.wait_until) {
-            if now < wait {
-                let secs = wait.duration_since(now).as_millis().div_ceil(1000).max(1);
-                return Err(Fault::denied(format!(
-                    "authenticate: too many wrong passwords for this user: retry in {secs} s"
-                )));
-            }
+        if let Some(wait) = self.throttle.held(user, now) {
+            return Err(throttle::held_fault(wait));
         }
         if !self.users.verify(user, password) {
-            let mut failures = self.failures();
-            let count = failures.get(&key, now).map_or(0, |f| f.count).saturating_add(1);
-            let wait_until = (count >= FREE_FAILURES).then(|| {
-                let exponent = (count - FREE_FAILURES).min(6);
-                now + Duration::from_secs(1 << exponent).min(MAX_BACKOFF)
-            });
-            // Forgotten after a quiet quarter of an hour.
-            failures.insert(key, Failures { count, wait_until }, Duration::from_secs(900), now);
+            self.throttle.failed(user, now);
             return Err(Fault::denied(WRONG));
         }
-        self.failures().remove(&key);
+        self.throttle.succeeded(user);
         let token = auth::new_token().map_err(|e| Fault::new(Code::Unknown, format!("authenticate: {e}")))?;
         let mut tokens = self.tokens();
         if tokens.by_token.len() >= MAX_TOKENS {
@@ -181,7 +155,6 @@ impl Local {
 
     pub fn sweep(&self, now: Instant) {
         self.tokens().sweep(now);
-        self.failures().sweep(now);
     }
 
     #[cfg(test)]
@@ -268,7 +241,7 @@ mod tests {
     fn wrong_passwords_in_a_row_make_the_user_wait() {
         let local = local();
         let now = Instant::now();
-        for _ in 0..FREE_FAILURES {
+        for _ in 0..throttle::FREE_FAILURES {
             let e = local.authenticate("alice", "nope", now).unwrap_err();
             assert_eq!(e.message, WRONG);
         }

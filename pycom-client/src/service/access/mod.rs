@@ -118,9 +118,10 @@ impl Auth {
     /// that `locate org.pycom.authenticator` still means pycomd's):
     /// `authenticate {user, credentials}` gives a random token that lasts 8
     /// hours, kept in memory (at most 10,000, 100 per user: a user's
-    /// oldest goes), `validate {token}` and `logout {token}`. Repeated
-    /// wrong passwords for a user are answered "retry in N s" for a while
-    /// without checking. Clients log in with
+    /// oldest goes), `validate {token}` and `logout {token}`. After 3
+    /// wrong passwords for a user name (known or not), it is answered
+    /// "retry in N s" without checking, N doubling from 1 s to 60 s, as
+    /// pycomd does ([`crate::auth::Throttle`]). Clients log in with
     /// [`Component::login`](crate::Component::login). Passwords are checked
     /// on the service's workers, never on its receiving thread.
     ///
