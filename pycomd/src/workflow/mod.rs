@@ -116,6 +116,10 @@ pub struct Engine {
     /// When the `run_as` logins are looked at next: the server turns far
     /// more often than a token needs renewing.
     logins_check: LoginCheck,
+    /// `run_as` logins failed in a row: each waits twice as long as the
+    /// one before (a user missing from the users file would otherwise be
+    /// asked for, and warned about, on every turn of the server).
+    login_failures: u32,
     /// Calls waiting for their `run_as` principal's login (named last).
     awaiting: Vec<(Arc<str>, At, u32, String)>,
     pub stats: Stats,
@@ -188,6 +192,7 @@ impl Engine {
             auth_on: false,
             run_as: HashMap::new(),
             logins_check: LoginCheck::Now,
+            login_failures: 0,
             awaiting: Vec::new(),
             stats: Stats::default(),
         }
@@ -202,8 +207,10 @@ impl Engine {
         &mut self,
         settings: &crate::config::Settings,
     ) -> Result<(Vec<Record>, Vec<String>, String), String> {
-        // Principals, or the renewal margin, may change.
+        // Principals, or the renewal margin, may change (the users file too:
+        // a login that failed may work now).
         self.logins_check = LoginCheck::Now;
+        self.login_failures = 0;
         let mut defs = definition::load_dir(&self.dir, self.required)?;
         let old = self.waiters_services();
         let mut removed = Vec::new();
@@ -278,6 +285,7 @@ impl Engine {
     pub fn set_auth(&mut self, on: bool) {
         self.auth_on = on;
         self.logins_check = LoginCheck::Now;
+        self.login_failures = 0;
     }
 
     /// A login is durable: if it was a `run_as` principal's, its token is
@@ -294,6 +302,7 @@ impl Engine {
             r.current = Some((token, expires_ms));
         }
         self.logins_check = LoginCheck::Now;
+        self.login_failures = 0;
         let principal = principal.clone();
         let (go, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
             .into_iter()
@@ -319,11 +328,17 @@ impl Engine {
     /// The login of `principal` could not be made: the calls waiting for
     /// it fail with code 5 (a later call asks again).
     pub fn login_failed(&mut self, principal: &str, why: &str) {
-        warn!(principal, "a workflow's run_as login failed: {why}");
+        self.login_failures = self.login_failures.saturating_add(1);
+        let wait_ms = login_retry_ms(self.login_failures);
+        warn!(
+            principal,
+            "a workflow's run_as login failed (trying again in {} s): {why}",
+            wait_ms / 1000
+        );
         if let Some(r) = self.run_as.get_mut(principal) {
             r.next = None;
         }
-        self.logins_check = LoginCheck::Now;
+        self.logins_check = LoginCheck::AtMs(crate::auth::unix_ms().saturating_add(wait_ms));
         let (fail, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
             .into_iter()
             .partition(|a| a.3 == principal);
@@ -1198,6 +1213,14 @@ pub fn start(
     )))
 }
 
+/// How long the `n`-th failed `run_as` login in a row waits before logins
+/// are looked at again: 1 s, doubling, at most a minute.
+fn login_retry_ms(n: u32) -> u64 {
+    1_000u64
+        .saturating_mul(1 << n.saturating_sub(1).min(6))
+        .min(60_000)
+}
+
 /// When a token expiring at `expires_ms` is due for renewal: the first ms
 /// less than `renew_ms` is left of it; `None` if never (no margin).
 fn renew_at(expires_ms: u64, renew_ms: u64) -> Option<u64> {
@@ -1294,15 +1317,37 @@ mod tests {
         e.minting("a", "ta2".into(), "sa2".into(), now_ms + 90_000);
         e.login_failed("a", "no such user");
         assert!(e.logins_due().is_empty());
+        let LoginCheck::AtMs(retry_ms) = e.logins_check else {
+            panic!("no retry time after a failed login: {:?}", e.logins_check);
+        };
+        assert!(retry_ms >= now_ms + 1_000 && retry_ms < now_ms + 29_001);
+        e.logins_check = LoginCheck::AtMs(0); // the wait is over
+        assert!(e.logins_due().is_empty());
         assert_eq!(e.logins_check, LoginCheck::AtMs(now_ms + 29_001));
         // A token whose renewal time has come.
         e.minting("a", "ta3".into(), "sa3".into(), now_ms + 500);
         e.logged_in("sa3", &registry);
         assert_eq!(e.logins_due(), ["a"]);
-        // A failed first login is asked for again on the next turn.
+        // A failed first login is asked for again once its wait is over,
+        // each wait twice the one before (not on every turn: a missing user
+        // would flood the log).
         let mut c = engine(&["c"], 1_000);
-        assert_eq!(c.logins_due(), ["c"]);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            assert_eq!(c.logins_due(), ["c"]);
+            let before_ms = crate::auth::unix_ms();
+            c.login_failed("c", "no such user");
+            assert!(c.logins_due().is_empty(), "asked again at once");
+            let LoginCheck::AtMs(retry_ms) = c.logins_check else {
+                panic!("no retry time after a failed login: {:?}", c.logins_check);
+            };
+            waits.push((retry_ms - before_ms + 500) / 1000);
+            c.logins_check = LoginCheck::AtMs(0); // the wait is over
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // A reload (the users file may be fixed) asks at once.
         c.login_failed("c", "no such user");
+        c.set_auth(true);
         assert_eq!(c.logins_due(), ["c"]);
         // Off: nothing to look at until it is on again.
         e.set_auth(false);
