@@ -8,7 +8,8 @@
 //! by then, like a disk whose power went out. Mounting the copy replays the
 //! journal as after a power loss; a fresh pycomd on it must hold every
 //! acknowledged register and none of the acknowledged unregisters
-//! (`pycom_e2e::powercut` does the cut).
+//! (`pycom_e2e::powercut` does the cut; `powercut_workflow.rs` does the
+//! same to workflow runs).
 //!
 //! Needs root, `mkfs.ext4`, `mount` and a free loop device. Without them
 //! the tests print `SKIPPED: ...` and pass, unless `CI=true`, where they
