@@ -7,18 +7,18 @@
 //! image file is copied: the copy holds what ext4 had handed to its device
 //! by then, like a disk whose power went out. Mounting the copy replays the
 //! journal as after a power loss; a fresh pycomd on it must hold every
-//! acknowledged register and none of the acknowledged unregisters.
+//! acknowledged register and none of the acknowledged unregisters
+//! (`pycom_e2e::powercut` does the cut; `powercut_workflow.rs` does the
+//! same to workflow runs).
 //!
 //! Needs root, `mkfs.ext4`, `mount` and a free loop device. Without them
 //! the tests print `SKIPPED: ...` and pass, unless `CI=true`, where they
 //! fail.
 
 use pycom_client::{Connection, NameserverClient};
-use pycom_e2e::mounts::{make_ext4, prerequisites, skip, Mount};
+use pycom_e2e::powercut::{examples, Disk, Freezer};
 use pycom_e2e::{leased, wait_until, Daemon};
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,8 +37,6 @@ const INTERFACE: &str = "powercut";
 const LAST: &str = "/powercut/last";
 /// Client timeout: bounds how long a request pending at the freeze waits.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Size of the (sparse) ext4 image.
-const IMAGE_BYTES: u64 = 256 * 1024 * 1024;
 
 #[test]
 fn acknowledged_writes_survive_a_power_cut() {
@@ -103,28 +101,12 @@ struct Acked {
 /// The whole procedure; `None` when a prerequisite is missing (and the
 /// test is skipped).
 fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
-    if let Err(missing) = prerequisites(&[("mkfs.ext4", "-V")], true) {
-        skip("power-cut test", &missing);
-        return None;
-    }
-
     // 1. ext4 in an image file, mounted through a loop device.
-    let dir = tempfile::tempdir().expect("a temp dir for the disk images");
-    let image = dir.path().join("disk.img");
-    let copy = dir.path().join("disk-after-power-cut.img");
-    make_ext4(&image, IMAGE_BYTES);
-    let mut mount = match Mount::ext4_image(&image, &dir.path().join("mnt")) {
-        Ok(m) => m,
-        Err(e) => {
-            skip("power-cut test", &format!("a loop-mounted ext4 image: {e}"));
-            return None;
-        }
-    };
-    let data_dir = mount.path().join("data");
+    let disk = Disk::new("power-cut test")?;
 
     // 2. Concurrent clients registering (and unregistering some).
-    // Declared after the mount: dropped (killed) before it is unmounted.
-    let mut daemon = Daemon::with_data_dir(&data_dir, env, &[]);
+    // Declared after the disk: dropped (killed) before it is unmounted.
+    let mut daemon = Daemon::with_data_dir(&disk.data_dir(), env, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicUsize::new(THREADS));
@@ -161,24 +143,11 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
     freezer.freeze();
     let freeze_delay = acked_at.elapsed();
     let load_time = acked_at - started;
-    let pid = daemon.pid();
-    assert!(
-        wait_until(Duration::from_secs(10), || all_threads_stopped(pid)),
-        "pycomd (pid {pid}) did not stop on SIGSTOP; log:\n{}",
-        daemon.log()
-    );
     stop.store(true, Ordering::SeqCst);
 
-    // The power cut: the image as it is now, with pycomd frozen.
-    let copied = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&image)
-        .arg(&copy)
-        .status()
-        .expect("cp should run, to copy the disk image");
-    assert!(copied.success(), "copying the disk image failed: {copied}");
-    daemon.kill9();
-    mount.unmount();
+    // The power cut: the image as it is now, with pycomd frozen; then
+    // its copy, mounted (ext4 replays its journal).
+    let after = disk.cut_power(&mut daemon);
 
     let mut acked = Acked::default();
     for t in threads {
@@ -197,11 +166,8 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
         .cloned()
         .collect();
 
-    // 4. After the power cut: mount the copy (ext4 replays its journal)
-    // and start a fresh pycomd on it.
-    let after = Mount::ext4_image(&copy, &dir.path().join("mnt-after"))
-        .expect("the copied image should mount (ext4 replays its journal)");
-    let restarted = Daemon::with_data_dir(&after.path().join("data"), env, &[]);
+    // 4. After the power cut: a fresh pycomd on the copy.
+    let restarted = Daemon::with_data_dir(&after.data_dir(), env, &[]);
     let present: BTreeSet<String> = restarted
         .ns()
         .list_services(Some(INTERFACE), None)
@@ -284,72 +250,4 @@ fn client(t: usize, endpoint: &str, stop: &AtomicBool, progress: &AtomicUsize) -
         i += 1;
     }
     acked
-}
-
-/// Sends SIGSTOP on demand within microseconds, without libc: a shell,
-/// started beforehand, waiting on its stdin to run its builtin `kill`.
-struct Freezer {
-    shell: std::process::Child,
-}
-
-impl Freezer {
-    fn new(pid: u32) -> Freezer {
-        let mut shell = Command::new("sh")
-            .args(["-c", r#"echo ready && read go && kill -STOP "$1""#, "sh"])
-            .arg(pid.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sh should start, to freeze pycomd later");
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(shell.stdout.as_mut().expect("the freezer's stdout")),
-            &mut ready,
-        )
-        .expect("the freezer should say it is ready");
-        assert_eq!(ready.trim(), "ready", "the freezer shell did not start right");
-        Freezer { shell }
-    }
-
-    /// SIGSTOP now; returns once the signal is sent.
-    fn freeze(&mut self) {
-        self.shell
-            .stdin
-            .take()
-            .expect("freeze is called once")
-            .write_all(b"go\n")
-            .expect("the freezer should take its go");
-        let status = self.shell.wait().expect("wait for the freezer");
-        assert!(status.success(), "kill -STOP pycomd failed: {status}");
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        // Without its go (a panic came first), it reads EOF and exits.
-        drop(self.shell.stdin.take());
-        let _ = self.shell.wait();
-    }
-}
-
-/// Every thread of `pid` is stopped (state T), so it can write nothing more.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                // "tid (comm) S ...": comm may hold spaces and parentheses.
-                let state = stat.get(stat.rfind(')')? + 1..)?.trim_start().chars().next()?;
-                Some(state == 'T' || state == 't')
-            })
-            .unwrap_or(false)
-    })
-}
-
-/// A few names for a failure message.
-fn examples(names: &[String]) -> Vec<&String> {
-    names.iter().take(5).collect()
 }

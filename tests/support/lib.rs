@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod linearizability;
 pub mod mounts;
+pub mod powercut;
 pub mod proxy;
 
 use pycom_client::{Connection, NameserverClient, Registration};

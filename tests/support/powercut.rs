@@ -1,0 +1,169 @@
+//! A power cut for pycomd: its data dir on ext4 in a loop-mounted image
+//! file; pycomd frozen (SIGSTOP) right after an ack and the image copied,
+//! so the copy holds what ext4 had handed to its device by then, like a
+//! disk whose power went out. Mounting the copy replays the journal as after
+//! a power loss, and a fresh pycomd starts on it.
+//!
+//! Needs root, `mkfs.ext4`, `mount` and a free loop device; without them
+//! [`Disk::new`] skips (see [`crate::mounts::skip`]).
+
+use crate::mounts::{make_ext4, prerequisites, skip, Mount};
+use crate::{wait_until, Daemon};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Size of the (sparse) ext4 image.
+const IMAGE_BYTES: u64 = 256 * 1024 * 1024;
+/// pycomd's data dir, inside the filesystem.
+const DATA: &str = "data";
+
+/// The ext4 image, mounted, that pycomd keeps its data dir on until the
+/// power cut. Declare it before the [`Daemon`] running on it, so that the
+/// daemon is killed before the filesystem is unmounted.
+pub struct Disk {
+    // Fields drop in order: unmounted before its temp dir goes.
+    mount: Mount,
+    image: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Disk {
+    /// A fresh ext4 image, mounted; `None` (after saying why) when a
+    /// prerequisite of `test` is missing.
+    pub fn new(test: &str) -> Option<Disk> {
+        if let Err(missing) = prerequisites(&[("mkfs.ext4", "-V")], true) {
+            skip(test, &missing);
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir for the disk images");
+        let image = dir.path().join("disk.img");
+        make_ext4(&image, IMAGE_BYTES);
+        let mount = match Mount::ext4_image(&image, &dir.path().join("mnt")) {
+            Ok(m) => m,
+            Err(e) => {
+                skip(test, &format!("a loop-mounted ext4 image: {e}"));
+                return None;
+            }
+        };
+        Some(Disk { mount, image, dir })
+    }
+
+    /// Where pycomd keeps its data (created by pycomd).
+    pub fn data_dir(&self) -> PathBuf {
+        self.mount.path().join(DATA)
+    }
+
+    /// The power cut, `daemon` having just been sent SIGSTOP (a
+    /// [`Freezer`]): once every thread of it has stopped, copy the image,
+    /// kill `daemon`, unmount; then mount the copy (ext4 replays its
+    /// journal) for a fresh pycomd.
+    pub fn cut_power(mut self, daemon: &mut Daemon) -> AfterCut {
+        let pid = daemon.pid();
+        assert!(
+            wait_until(Duration::from_secs(10), || all_threads_stopped(pid)),
+            "pycomd (pid {pid}) did not stop on SIGSTOP; log:\n{}",
+            daemon.log()
+        );
+        let copy = self.dir.path().join("disk-after-power-cut.img");
+        let copied = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.image)
+            .arg(&copy)
+            .status()
+            .expect("cp should run, to copy the disk image");
+        assert!(copied.success(), "copying the disk image failed: {copied}");
+        daemon.kill9();
+        self.mount.unmount();
+        let mount = Mount::ext4_image(&copy, &self.dir.path().join("mnt-after"))
+            .expect("the copied image should mount (ext4 replays its journal)");
+        AfterCut {
+            mount,
+            _dir: self.dir,
+        }
+    }
+}
+
+/// The copy of the disk as the power cut left it, mounted. Declare it
+/// before the [`Daemon`] started on it.
+pub struct AfterCut {
+    // Fields drop in order: unmounted before its temp dir goes.
+    mount: Mount,
+    _dir: tempfile::TempDir,
+}
+
+impl AfterCut {
+    /// pycomd's data dir as the power cut left it.
+    pub fn data_dir(&self) -> PathBuf {
+        self.mount.path().join(DATA)
+    }
+}
+
+/// Sends SIGSTOP on demand within microseconds, without libc: a shell,
+/// started beforehand, waiting on its stdin to run its builtin `kill`.
+pub struct Freezer {
+    shell: std::process::Child,
+}
+
+impl Freezer {
+    pub fn new(pid: u32) -> Freezer {
+        let mut shell = Command::new("sh")
+            .args(["-c", r#"echo ready && read go && kill -STOP "$1""#, "sh"])
+            .arg(pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh should start, to freeze pycomd later");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(shell.stdout.as_mut().expect("the freezer's stdout")),
+            &mut ready,
+        )
+        .expect("the freezer should say it is ready");
+        assert_eq!(ready.trim(), "ready", "the freezer shell did not start right");
+        Freezer { shell }
+    }
+
+    /// SIGSTOP now; returns once the signal is sent.
+    pub fn freeze(&mut self) {
+        self.shell
+            .stdin
+            .take()
+            .expect("freeze is called once")
+            .write_all(b"go\n")
+            .expect("the freezer should take its go");
+        let status = self.shell.wait().expect("wait for the freezer");
+        assert!(status.success(), "kill -STOP pycomd failed: {status}");
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        // Without its go (a panic came first), it reads EOF and exits.
+        drop(self.shell.stdin.take());
+        let _ = self.shell.wait();
+    }
+}
+
+/// Every thread of `pid` is stopped (state T), so it can write nothing more.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // "tid (comm) S ...": comm may hold spaces and parentheses.
+                let state = stat.get(stat.rfind(')')? + 1..)?.trim_start().chars().next()?;
+                Some(state == 'T' || state == 't')
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// A few names for a failure message.
+pub fn examples(names: &[String]) -> Vec<&String> {
+    names.iter().take(5).collect()
+}
