@@ -658,8 +658,13 @@ impl Engine {
                 }
                 return Ok((run.id.clone(), None));
             }
+            // Its start is in the log but not durable yet: answering with its
+            // id now would tell this caller of a run that a failed write
+            // could still undo. Code 7: asked again, it joins the run.
             if self.pending.contains(id.as_str()) {
-                return Ok((Arc::from(id.as_str()), None));
+                return Err(Fault::unavailable(format!(
+                    "run {id} is being started (its start is not durable yet): ask again"
+                )));
             }
         }
         let starting = self.pending.iter().filter(|id| runs.get(id).is_none()).count();
@@ -1353,6 +1358,40 @@ mod tests {
         e.set_auth(false);
         assert!(e.logins_due().is_empty());
         assert_eq!(e.logins_check, LoginCheck::OnChange);
+    }
+
+    #[test]
+    fn a_run_being_started_is_not_joined_before_its_start_is_durable() {
+        let registry = Registry::new(State::default(), Vec::new());
+        let mut e = engine(&["a"], 1_000);
+        let def = &e.hosted[0].def;
+        let (workflow, task) = (def.service.clone(), def.tasks["t"].clone());
+        let start = |e: &mut Engine| {
+            e.start(
+                &registry,
+                workflow.clone(),
+                "t".into(),
+                task.clone(),
+                serde_json::json!({}),
+                Some("r1".into()),
+                None,
+                None,
+                Vec::new(),
+            )
+        };
+        let (id, step) = start(&mut e).expect("the first start is taken");
+        assert_eq!(&*id, "r1");
+        assert!(
+            matches!(step, Some(Step::Propose(_))),
+            "the first start is proposed"
+        );
+        // Its proposal is in the log, not applied: a second caller naming
+        // the same run is told to ask again, not handed the id.
+        let Err(fault) = start(&mut e) else {
+            panic!("a start not yet durable was joined");
+        };
+        assert_eq!(fault.code, Code::Unavailable, "{}", fault.message);
+        assert!(fault.message.contains("not durable yet"), "{}", fault.message);
     }
 
     #[test]
