@@ -16,11 +16,10 @@
 //! fail.
 
 use pycom_client::{Connection, NameserverClient};
-use pycom_e2e::powercut::{examples, Disk, Freezer};
-use pycom_e2e::{leased, wait_until, Daemon};
+use pycom_e2e::powercut::{examples, Clients, Disk, Freezer};
+use pycom_e2e::{leased, Daemon};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client threads registering at once, so that acks share flushes.
@@ -107,32 +106,9 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
     // 2. Concurrent clients registering (and unregistering some).
     // Declared after the disk: dropped (killed) before it is unmounted.
     let mut daemon = Daemon::with_data_dir(&disk.data_dir(), env, &[]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicUsize::new(0));
-    let running = Arc::new(AtomicUsize::new(THREADS));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (endpoint, stop) = (daemon.endpoint.clone(), stop.clone());
-            let (progress, running) = (progress.clone(), running.clone());
-            std::thread::spawn(move || {
-                let acked = client(t, &endpoint, &stop, &progress);
-                running.fetch_sub(1, Ordering::SeqCst);
-                acked
-            })
-        })
-        .collect();
+    let clients = Clients::spawn(THREADS, &daemon.endpoint, client);
     let mut freezer = Freezer::new(daemon.pid());
-    let started = Instant::now();
-    let reached = wait_until(Duration::from_secs(60), || {
-        progress.load(Ordering::SeqCst) >= REGISTERS || running.load(Ordering::SeqCst) == 0
-    });
-    assert!(
-        reached && progress.load(Ordering::SeqCst) >= REGISTERS,
-        "the clients got only {} of {REGISTERS} registers acknowledged in {:?}; pycomd log:\n{}",
-        progress.load(Ordering::SeqCst),
-        started.elapsed(),
-        daemon.log(),
-    );
+    let started = clients.wait_for(REGISTERS, "registers", Duration::from_secs(60), &daemon);
 
     // 3. One more register, and the freeze right on its ack, while the
     // clients are still sending.
@@ -143,15 +119,14 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
     freezer.freeze();
     let freeze_delay = acked_at.elapsed();
     let load_time = acked_at - started;
-    stop.store(true, Ordering::SeqCst);
+    clients.stop();
 
     // The power cut: the image as it is now, with pycomd frozen; then
     // its copy, mounted (ext4 replays its journal).
     let after = disk.cut_power(&mut daemon);
 
     let mut acked = Acked::default();
-    for t in threads {
-        let a = t.join().expect("a client thread panicked");
+    for a in clients.join() {
         acked.registered.extend(a.registered);
         acked.unregistered.extend(a.unregistered);
         acked.unsure.extend(a.unsure);

@@ -20,7 +20,7 @@ use pycom_client::proto::Fault;
 use pycom_client::service::{Interface, RunningService, Service};
 use pycom_client::workflow::admin;
 use pycom_client::Context;
-use pycom_e2e::powercut::{examples, AfterCut, Disk, Freezer};
+use pycom_e2e::powercut::{examples, AfterCut, Clients, Disk, Freezer};
 use pycom_e2e::{wait_until, Daemon};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -266,32 +266,9 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
     let gate = Gate { open };
 
     // 2. Concurrent clients starting runs and asking for older ones' results.
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicUsize::new(0));
-    let running = Arc::new(AtomicUsize::new(THREADS));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (endpoint, stop) = (daemon.endpoint.clone(), stop.clone());
-            let (progress, running) = (progress.clone(), running.clone());
-            std::thread::spawn(move || {
-                let acked = client(t, &endpoint, &stop, &progress);
-                running.fetch_sub(1, Ordering::SeqCst);
-                acked
-            })
-        })
-        .collect();
+    let clients = Clients::spawn(THREADS, &daemon.endpoint, client);
     let mut freezer = Freezer::new(daemon.pid());
-    let started = Instant::now();
-    let reached = wait_until(Duration::from_secs(120), || {
-        progress.load(Ordering::SeqCst) >= STARTS || running.load(Ordering::SeqCst) == 0
-    });
-    assert!(
-        reached && progress.load(Ordering::SeqCst) >= STARTS,
-        "the clients got only {} of {STARTS} run starts acknowledged in {:?}; pycomd log:\n{}",
-        progress.load(Ordering::SeqCst),
-        started.elapsed(),
-        daemon.log(),
-    );
+    let started = clients.wait_for(STARTS, "run starts", Duration::from_secs(120), &daemon);
 
     // 3. One more start, and the freeze right on its ack, while the
     // clients are still sending.
@@ -309,15 +286,14 @@ fn power_cut(env: &[(&str, &str)]) -> Option<Cut> {
     let freeze_delay = acked_at.elapsed();
     let load_time = acked_at - started;
     assert_eq!(last.run_id, LAST, "start should answer with the run id chosen");
-    stop.store(true, Ordering::SeqCst);
+    clients.stop();
 
     // The power cut: the image as it is now, with pycomd frozen; then
     // its copy, mounted (ext4 replays its journal).
     let after = disk.cut_power(&mut daemon);
 
     let mut acked = Acked::default();
-    for t in threads {
-        let a = t.join().expect("a client thread panicked");
+    for a in clients.join() {
         acked.started.extend(a.started);
         acked.finished.extend(a.finished);
         acked.held.extend(a.held);

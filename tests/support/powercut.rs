@@ -12,7 +12,10 @@ use crate::{wait_until, Daemon};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Size of the (sparse) ext4 image.
 const IMAGE_BYTES: u64 = 256 * 1024 * 1024;
@@ -166,4 +169,75 @@ fn all_threads_stopped(pid: u32) -> bool {
 /// A few names for a failure message.
 pub fn examples(names: &[String]) -> Vec<&String> {
     names.iter().take(5).collect()
+}
+
+/// Client threads writing to pycomd until told to stop, each adding its
+/// acknowledged writes to a shared count: the load a power cut falls on.
+pub struct Clients<T> {
+    threads: Vec<JoinHandle<T>>,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    started: Instant,
+}
+
+/// One client thread: `(index, endpoint, stop, progress) -> what it saw acknowledged`.
+pub type Client<T> = fn(usize, &str, &AtomicBool, &AtomicUsize) -> T;
+
+impl<T: Send + 'static> Clients<T> {
+    /// `n` threads, each running `client` against `endpoint`.
+    pub fn spawn(n: usize, endpoint: &str, client: Client<T>) -> Clients<T> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(n));
+        let threads = (0..n)
+            .map(|t| {
+                let endpoint = endpoint.to_string();
+                let (stop, progress, running) = (stop.clone(), progress.clone(), running.clone());
+                std::thread::spawn(move || {
+                    let acked = client(t, &endpoint, &stop, &progress);
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    acked
+                })
+            })
+            .collect();
+        Clients {
+            threads,
+            stop,
+            progress,
+            running,
+            started: Instant::now(),
+        }
+    }
+
+    /// Wait until `count` `writes` are acknowledged in all; fails the test
+    /// (with `daemon`'s log) if they are not within `timeout` or the
+    /// clients all stopped short. Returns when the load started.
+    pub fn wait_for(&self, count: usize, writes: &str, timeout: Duration, daemon: &Daemon) -> Instant {
+        let reached = wait_until(timeout, || {
+            self.progress.load(Ordering::SeqCst) >= count || self.running.load(Ordering::SeqCst) == 0
+        });
+        assert!(
+            reached && self.progress.load(Ordering::SeqCst) >= count,
+            "the clients got only {} of {count} {writes} acknowledged in {:?}; pycomd log:\n{}",
+            self.progress.load(Ordering::SeqCst),
+            self.started.elapsed(),
+            daemon.log(),
+        );
+        self.started
+    }
+
+    /// Tell the clients to stop (their requests in flight time out).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// What each client saw acknowledged, once all have stopped.
+    pub fn join(self) -> Vec<T> {
+        self.stop();
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a client thread panicked"))
+            .collect()
+    }
 }
