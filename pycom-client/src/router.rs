@@ -73,6 +73,36 @@ pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, 
     }))
 }
 
+/// Why a request is answered without being handled.
+#[derive(Debug)]
+pub enum Refused {
+    /// Not a call at all (no frames, unknown command): answered `FAIL` with
+    /// this text.
+    Fail(String),
+    /// A call that cannot be taken (too big, a bad body): answered with
+    /// this fault.
+    Fault(proto::Fault),
+}
+
+/// The call a message's `parts` carry, borrowed from them, or why it is
+/// refused. `oversize` and `max_bytes` are [`Incoming`]'s and the limit
+/// [`recv`] was given: a message cut short is refused naming the limit.
+pub fn decode(
+    parts: &[zmq::Message],
+    oversize: Option<usize>,
+    max_bytes: usize,
+) -> Result<proto::CallRef<'_>, Refused> {
+    if let Some(size) = oversize {
+        return Err(Refused::Fault(proto::Fault::bad_request(format!(
+            "request of {size} bytes exceeds max_message_bytes = {max_bytes}"
+        ))));
+    }
+    proto::decode_call(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..])).map_err(|e| match e {
+        proto::DecodeError::Framing(message) => Refused::Fail(message),
+        proto::DecodeError::Body(message) => Refused::Fault(proto::Fault::bad_request(message)),
+    })
+}
+
 /// Where the envelope ends. REQ peers and well-behaved DEALER peers send an
 /// empty delimiter; a DEALER that does not still gets answered, on the
 /// envelope it came with.

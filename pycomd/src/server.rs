@@ -31,7 +31,7 @@ use crate::pubsub;
 use crate::registry::{Applied, ChangeKind, Command, Record, Registry};
 use crate::workflow;
 use pycom_client::nameserver::INTERFACE;
-use pycom_client::proto::{self, DecodeError, Fault};
+use pycom_client::proto::{self, Fault};
 use pycom_client::router::{self, Incoming, Outbox};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -322,25 +322,16 @@ impl Server {
             oversize,
             frames,
         } = incoming;
-        if let Some(size) = oversize {
-            let fault = Fault::bad_request(format!(
-                "request of {size} bytes exceeds max_message_bytes = {}",
-                self.settings.max_message_bytes
-            ));
-            return self.reply_fault(envelope, &fault);
-        }
-        let request = match proto::decode_call(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..])) {
+        let request = match router::decode(&parts, oversize, self.settings.max_message_bytes) {
             Ok(request) => request,
-            Err(DecodeError::Framing(message)) => {
+            Err(router::Refused::Fail(message)) => {
                 self.stats.failed += 1;
                 debug!("FAIL: {message}");
                 self.outbox
                     .push(envelope, proto::STATUS_FAIL, message.into_bytes());
                 return;
             }
-            Err(DecodeError::Body(message)) => {
-                return self.reply_fault(envelope, &Fault::bad_request(message));
-            }
+            Err(router::Refused::Fault(fault)) => return self.reply_fault(envelope, &fault),
         };
         let label = Label::of(&request.interface, &request.method);
         self.handling = Some(label);

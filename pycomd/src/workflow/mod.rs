@@ -30,7 +30,7 @@ use crate::registry::{Record, Registry};
 use decide::{first_calls, render_args, step_done};
 use definition::{Definition, Task};
 use endpoint::{bind, chosen_run_id};
-use pycom_client::proto::{self, Code, DecodeError, Fault, Request};
+use pycom_client::proto::{self, Code, Fault, Request};
 use pycom_client::router;
 use serde_json::{json, Value};
 use std::cmp::Reverse;
@@ -511,17 +511,9 @@ impl Engine {
             oversize,
             ..
         } = incoming;
-        if let Some(size) = oversize {
-            let fault = Fault::bad_request(format!(
-                "request of {size} bytes exceeds max_message_bytes = {}",
-                self.limits.max_message_bytes
-            ));
-            self.reply_fault(i, envelope, &fault);
-            return None;
-        }
-        let request = match proto::decode_call(parts.first().map(|m| &m[..]), parts.get(1).map(|m| &m[..])) {
+        let request = match router::decode(&parts, oversize, self.limits.max_message_bytes) {
             Ok(r) => r,
-            Err(DecodeError::Framing(message)) => {
+            Err(router::Refused::Fail(message)) => {
                 router::send(
                     &self.hosted[i].socket,
                     &envelope,
@@ -530,8 +522,8 @@ impl Engine {
                 );
                 return None;
             }
-            Err(DecodeError::Body(message)) => {
-                self.reply_fault(i, envelope, &Fault::bad_request(message));
+            Err(router::Refused::Fault(fault)) => {
+                self.reply_fault(i, envelope, &fault);
                 return None;
             }
         };
