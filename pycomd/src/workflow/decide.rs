@@ -458,40 +458,16 @@ mod tests {
             r#"{"service": "/w", "tasks": {"t": [{"interface": "a", "retry": {"initial_ms": 100}}]}}"#,
         );
         let run = runs.get("r").unwrap();
-        let d = next(
-            run,
-            at(0, false),
-            1,
-            err(Code::Unavailable),
-            1 << 20,
-            1000,
-            NO_JITTER,
-        )
-        .unwrap();
+        // Attempt `attempt` of the first step ended with `code`, at 1000 ms.
+        let decide = |attempt, code| next(run, at(0, false), attempt, err(code), 1 << 20, 1000, NO_JITTER);
+        let d = decide(1, Code::Unavailable).unwrap();
         assert_eq!(d.schedule.len(), 1);
         assert_eq!((d.schedule[0].attempt, d.schedule[0].not_before_ms), (2, 1100));
-        let d = next(
-            run,
-            at(0, false),
-            1,
-            err(Code::BadRequest),
-            1 << 20,
-            1000,
-            NO_JITTER,
-        )
-        .unwrap();
+        let d = decide(1, Code::BadRequest).unwrap();
         assert!(d.schedule.is_empty());
         assert_eq!(d.finish.unwrap().state, RunState::Failed);
         // An attempt not in flight (the run moved on) decides nothing.
-        let d = next(
-            run,
-            at(0, false),
-            3,
-            err(Code::Unavailable),
-            1 << 20,
-            1000,
-            NO_JITTER,
-        );
+        let d = decide(3, Code::Unavailable);
         assert!(d.is_none(), "attempt 3 is not in flight");
     }
 
