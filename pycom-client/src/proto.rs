@@ -166,6 +166,11 @@ pub const MAX_DEPTH: usize = 128;
 /// a byte scan, so that raw values nobody parses (the args of `stat`, say)
 /// are held to the same limit as parsed ones.
 pub fn nests_deeper_than(json: &str, max: usize) -> bool {
+    // Deeper than `max` takes more than `max` brackets: a short value,
+    // every request's arguments, is not scanned.
+    if json.len() <= max {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in json.as_bytes() {
         if in_string {
@@ -258,8 +263,10 @@ pub fn decode_call<'a>(command: Option<&[u8]>, body: Option<&'a [u8]>) -> Result
         extensions: Option<&'a RawValue>,
     }
     let body = call_body(command, body)?;
-    match serde_json::from_slice::<Wire>(body) {
-        Ok(w)
+    // UTF-8 checked once for the whole body, not string by string.
+    let parsed = std::str::from_utf8(body).map(serde_json::from_str::<Wire>);
+    match parsed {
+        Ok(Ok(w))
             if !w.interface.is_empty()
                 && !w.method.is_empty()
                 && w.extensions.is_none_or(|e| e.get().starts_with('{')) =>
@@ -684,6 +691,15 @@ mod tests {
         assert!(matches!(err, DecodeError::Body(m) if m.contains("deeper than 128")));
         // Brackets inside strings do not count.
         assert!(!nests_deeper_than(r#"["[[[[", "{{{{"]"#, 1));
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_named_like_decode_request_names_it() {
+        let body = b"{\"interface\": \"i\xff\", \"method\": \"m\"}";
+        let fast = decode_call(Some(b"CALL"), Some(body)).unwrap_err();
+        let general = decode_request(Some(b"CALL"), Some(body)).unwrap_err();
+        assert!(matches!(&fast, DecodeError::Body(_)), "{fast:?}");
+        assert_eq!(fast, general);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! a client is handed is not something the registry remembers.
 
 use super::record::Record;
-use super::Map;
 use ahash::RandomState;
+use compact_str::CompactString;
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 use std::cell::{Cell, OnceCell};
@@ -15,7 +15,12 @@ use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Index {
-    by_interface: Map<String, Providers>,
+    /// A small table of positions over entries kept side by side (an
+    /// `IndexMap`), each holding its name when that is 24 bytes or shorter
+    /// (most are): a `locate` on a registry too big for the CPU's caches
+    /// reads one entry, not a table slot, then the name elsewhere on the
+    /// heap; and names registered together sit together.
+    by_interface: IndexMap<CompactString, Providers, RandomState>,
 }
 
 /// The providers of one interface. Most interfaces have one provider: that
@@ -119,7 +124,7 @@ impl Providers {
 impl Index {
     pub fn with_capacity(records: usize) -> Index {
         Index {
-            by_interface: Map::with_capacity_and_hasher(records, RandomState::new()),
+            by_interface: IndexMap::with_capacity_and_hasher(records, RandomState::new()),
         }
     }
 
@@ -134,7 +139,8 @@ impl Index {
                 Some(p) => p.insert(record.service.clone()),
                 None => {
                     let one = Providers::One(record.service.clone(), Slot::default());
-                    self.by_interface.insert(interface.clone(), one);
+                    self.by_interface
+                        .insert(CompactString::from(interface.as_str()), one);
                 }
             }
         }
@@ -147,7 +153,7 @@ impl Index {
                 .get_mut(interface.as_str())
                 .is_some_and(|p| p.remove(&record.service));
             if emptied {
-                self.by_interface.remove(interface.as_str());
+                self.by_interface.swap_remove(interface.as_str());
             }
         }
     }
