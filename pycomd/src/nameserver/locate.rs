@@ -24,19 +24,33 @@ pub fn locate(ctx: &mut Context, args: &Args) -> Plan {
 /// general path (a wrong type, an escaped or invalid name), which then
 /// names the problem.
 pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Plan> {
-    #[derive(Deserialize)]
-    struct Fast<'a> {
-        interface: &'a str,
-        #[serde(default)]
-        service: Option<&'a str>,
-        #[serde(default)]
-        as_list: Option<bool>,
-    }
-    let a: Fast = serde_json::from_str(args?.get()).ok()?;
-    if !is_valid_name(a.interface) || a.service.is_some_and(|s| !is_valid_name(s)) {
-        return None;
-    }
+    let a = Fast::of(args)?;
     Some(find(ctx, a.interface, a.service, a.as_list.unwrap_or(false)))
+}
+
+/// The interface a locate with these args will look up, when the hot path
+/// takes it (the server warms the look-ups of a batch before handling it).
+pub fn interface_of(args: Option<&RawValue>) -> Option<&str> {
+    Fast::of(args).map(|a| a.interface)
+}
+
+#[derive(Deserialize)]
+struct Fast<'a> {
+    interface: &'a str,
+    #[serde(default)]
+    service: Option<&'a str>,
+    #[serde(default)]
+    as_list: Option<bool>,
+}
+
+impl<'a> Fast<'a> {
+    fn of(args: Option<&'a RawValue>) -> Option<Fast<'a>> {
+        let a: Fast = serde_json::from_str(args?.get()).ok()?;
+        if !is_valid_name(a.interface) || a.service.is_some_and(|s| !is_valid_name(s)) {
+            return None;
+        }
+        Some(a)
+    }
 }
 
 /// The answer: records come from the registry already as JSON.

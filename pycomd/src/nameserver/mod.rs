@@ -15,6 +15,8 @@ mod renew;
 mod stat;
 mod unregister;
 
+pub use locate::interface_of as locate_interface;
+
 use crate::config::Settings;
 use crate::leases::Leases;
 use crate::log::LogStats;

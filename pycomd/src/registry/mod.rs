@@ -532,6 +532,12 @@ impl Registry {
         self.state.records().chain(self.own.values())
     }
 
+    /// Bring what locating each of `interfaces` reads into the CPU's
+    /// caches together (see [`index::Index::warm`]).
+    pub fn warm<'i>(&self, interfaces: impl Iterator<Item = &'i str>) {
+        self.index.warm(interfaces);
+    }
+
     /// One provider of `interface` for which `live` holds, taking turns
     /// among them, as the JSON `locate` returns.
     pub fn pick(
