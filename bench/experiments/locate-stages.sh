@@ -4,6 +4,8 @@
 # 4 clients x 64 in flight, in alternating rounds (BENCHMARKS.md, "Where a
 # locate's time goes"). Needs a pycomd built with locate-stages.patch:
 #
+#   # the patch is against commit df4ce69 (the request path changed after it)
+#   git worktree add /tmp/stages df4ce69 && cd /tmp/stages
 #   git apply bench/experiments/locate-stages.patch
 #   cargo build --release -p pycomd -p pycomctl -p pycom-bench
 #   bash bench/experiments/locate-stages.sh [ROUNDS]    # default 6, DUR=3 s each
