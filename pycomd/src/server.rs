@@ -322,21 +322,23 @@ impl Server {
                 .iter()
                 .map(|i| router::decode(&i.parts, i.oversize, self.settings.max_message_bytes))
                 .collect();
-            // Named first, looked up after: the look-ups back to back.
-            let located: Vec<&str> = requests
+            // Every locate's args read first, then the look-ups back to back.
+            let located: Vec<_> = requests
                 .iter()
-                .filter_map(|r| match r {
+                .map(|r| match r {
                     Ok(call) if call.interface == INTERFACE && call.method == "locate" => {
-                        nameserver::locate_interface(call.args)
+                        nameserver::Located::of(call.args)
                     }
                     _ => None,
                 })
                 .collect();
-            self.registry.warm(located.into_iter());
-            for ((envelope, request), incoming) in envelopes.into_iter().zip(requests).zip(&chunk) {
+            self.registry.warm(located.iter().flatten().map(|l| l.interface));
+            let requests = requests.into_iter().zip(located);
+            for ((envelope, (request, located)), incoming) in envelopes.into_iter().zip(requests).zip(&chunk)
+            {
                 let queued = self.outbox.len();
                 self.handling = Some(Label::OTHER);
-                self.handle(envelope, &incoming.parts, request, incoming.frames, now);
+                self.handle(envelope, &incoming.parts, request, located, incoming.frames, now);
                 let label = self.handling.take().unwrap_or(Label::OTHER);
                 let after = Instant::now();
                 if self.outbox.len() > queued {
@@ -358,12 +360,14 @@ impl Server {
     }
 
     /// One request of a batch: `envelope` its routing frames, `parts` the
-    /// frames after them (kept for a relay), `request` what they decoded to.
+    /// frames after them (kept for a relay), `request` what they decoded
+    /// to, `located` a locate's args already read.
     fn handle(
         &mut self,
         envelope: Vec<zmq::Message>,
         parts: &[zmq::Message],
         request: Result<proto::CallRef<'_>, router::Refused>,
+        located: Option<nameserver::Located<'_>>,
         frames: usize,
         now: Instant,
     ) {
@@ -479,7 +483,7 @@ impl Server {
             policy: self.auth.as_ref().map(|a| &a.policy),
             auth_stats: self.auth.as_ref().map(|a| &a.stats),
         };
-        let plan = nameserver::dispatch(&mut ctx, &request.method, request.args);
+        let plan = nameserver::dispatch(&mut ctx, &request.method, request.args, located);
         debug!(method = %request.method, "request");
         match plan {
             Plan::Read(Ok(body)) => self.outbox.push(envelope, proto::STATUS_OK, body),

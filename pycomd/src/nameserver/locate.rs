@@ -20,32 +20,30 @@ pub fn locate(ctx: &mut Context, args: &Args) -> Plan {
     }
 }
 
-/// The hot path: args decoded in place, borrowed. `None` when they need the
-/// general path (a wrong type, an escaped or invalid name), which then
-/// names the problem.
-pub fn fast(ctx: &mut Context, args: Option<&RawValue>) -> Option<Plan> {
-    let a = Fast::of(args)?;
+/// The hot path: args decoded in place, borrowed (or already decoded by the
+/// server, `located`). `None` when they need the general path (a wrong
+/// type, an escaped or invalid name), which then names the problem.
+pub fn fast(ctx: &mut Context, args: Option<&RawValue>, located: Option<Located>) -> Option<Plan> {
+    let a = located.or_else(|| Located::of(args))?;
     Some(find(ctx, a.interface, a.service, a.as_list.unwrap_or(false)))
 }
 
-/// The interface a locate with these args will look up, when the hot path
-/// takes it (the server warms the look-ups of a batch before handling it).
-pub fn interface_of(args: Option<&RawValue>) -> Option<&str> {
-    Fast::of(args).map(|a| a.interface)
-}
-
-#[derive(Deserialize)]
-struct Fast<'a> {
-    interface: &'a str,
+/// A locate's args as its hot path takes them, borrowed. The server reads
+/// them for a whole batch before handling it, to warm the look-ups, and
+/// hands them on (see `Server::serve_batch`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Located<'a> {
+    pub interface: &'a str,
     #[serde(default)]
     service: Option<&'a str>,
     #[serde(default)]
     as_list: Option<bool>,
 }
 
-impl<'a> Fast<'a> {
-    fn of(args: Option<&'a RawValue>) -> Option<Fast<'a>> {
-        let a: Fast = serde_json::from_str(args?.get()).ok()?;
+impl<'a> Located<'a> {
+    /// `None` when `args` need the general path.
+    pub fn of(args: Option<&'a RawValue>) -> Option<Located<'a>> {
+        let a: Located = serde_json::from_str(args?.get()).ok()?;
         if !is_valid_name(a.interface) || a.service.is_some_and(|s| !is_valid_name(s)) {
             return None;
         }

@@ -15,7 +15,7 @@ mod renew;
 mod stat;
 mod unregister;
 
-pub use locate::interface_of as locate_interface;
+pub use locate::Located;
 
 use crate::config::Settings;
 use crate::leases::Leases;
@@ -192,7 +192,8 @@ pub fn written(result: &Result<Applied, Fault>) -> Vec<u8> {
 }
 
 /// Run `method` with `args` (raw JSON, `None` when absent or null).
-pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Plan {
+/// `located`: a locate's args, when the server has already read them.
+pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>, located: Option<Located>) -> Plan {
     // `stat` and `introspect` ignore their args, as PyCOM's did.
     match method {
         "stat" => return stat::stat(ctx),
@@ -208,7 +209,7 @@ pub fn dispatch(ctx: &mut Context, method: &str, args: Option<&RawValue>) -> Pla
     // The hottest methods first try their args borrowed, in place; what
     // that cannot take goes the general way below, which names problems.
     let fast = match name {
-        "locate" => locate::fast(ctx, args),
+        "locate" => locate::fast(ctx, args, located),
         "renew" => renew::fast(ctx, args),
         _ => None,
     };
