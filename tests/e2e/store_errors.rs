@@ -12,7 +12,7 @@
 //! pass, unless `CI=true`, where they fail.
 
 use pycom_client::{Code, Connection, NameserverClient, Registration};
-use pycom_e2e::mounts::{make_ext4, prerequisites, skip, Mount};
+use pycom_e2e::mounts::{prerequisites, skip, Ext4Image, Mount};
 use pycom_e2e::{leased, wait_until, Daemon};
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -140,16 +140,10 @@ fn sigterm_while_a_write_that_cannot_be_made_durable_is_in_flight_exits_1() {
         skip("store-error test", &missing);
         return;
     }
-    let dir = tempfile::tempdir().expect("a temp dir for the disk image");
-    let image = dir.path().join("disk.img");
-    make_ext4(&image, IMAGE_BYTES);
-    let mount = match Mount::ext4_image(&image, &dir.path().join("mnt")) {
-        Ok(m) => m,
-        Err(e) => {
-            skip("store-error test", &format!("a loop-mounted ext4 image: {e}"));
-            return;
-        }
+    let Some(disk) = Ext4Image::mounted("store-error test", IMAGE_BYTES) else {
+        return;
     };
+    let mount = &disk.mount;
     // Records big enough that a refused one cannot fit in what the filler
     // leaves (about 64 KB of metadata): past the default max_record_bytes.
     let mut d = Daemon::with_data_dir(

@@ -78,6 +78,31 @@ pub fn make_ext4(image: &Path, bytes: u64) {
     );
 }
 
+/// A fresh ext4 in a sparse image file, in a temp dir of its own,
+/// loop-mounted. Fields drop in order: unmounted before the dir goes.
+pub struct Ext4Image {
+    pub mount: Mount,
+    pub image: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Ext4Image {
+    /// An image of `bytes`, mounted; `None` (after [`skip`] says why for
+    /// `test`) when it cannot be. The caller checks its own prerequisites.
+    pub fn mounted(test: &str, bytes: u64) -> Option<Ext4Image> {
+        let dir = tempfile::tempdir().expect("a temp dir for the disk image");
+        let image = dir.path().join("disk.img");
+        make_ext4(&image, bytes);
+        match Mount::ext4_image(&image, &dir.path().join("mnt")) {
+            Ok(mount) => Some(Ext4Image { mount, image, dir }),
+            Err(e) => {
+                skip(test, &format!("a loop-mounted ext4 image: {e}"));
+                None
+            }
+        }
+    }
+}
+
 /// A filesystem mounted by the test; unmounted when dropped. Whatever runs
 /// on it must be stopped first: declare this guard before it.
 pub struct Mount {

@@ -7,7 +7,7 @@
 //! Needs root, `mkfs.ext4`, `mount` and a free loop device; without them
 //! [`Disk::new`] skips (see [`crate::mounts::skip`]).
 
-use crate::mounts::{make_ext4, prerequisites, skip, Mount};
+use crate::mounts::{prerequisites, skip, Ext4Image, Mount};
 use crate::{wait_until, Daemon};
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,16 +40,7 @@ impl Disk {
             skip(test, &missing);
             return None;
         }
-        let dir = tempfile::tempdir().expect("a temp dir for the disk images");
-        let image = dir.path().join("disk.img");
-        make_ext4(&image, IMAGE_BYTES);
-        let mount = match Mount::ext4_image(&image, &dir.path().join("mnt")) {
-            Ok(m) => m,
-            Err(e) => {
-                skip(test, &format!("a loop-mounted ext4 image: {e}"));
-                return None;
-            }
-        };
+        let Ext4Image { mount, image, dir } = Ext4Image::mounted(test, IMAGE_BYTES)?;
         Some(Disk { mount, image, dir })
     }
 
