@@ -49,7 +49,8 @@ run() { # target: "echo" or a pycomd binary
       "$(awk '{print $1}' "/proc/$pid/task/$server/schedstat")" \
       "$(awk '{print $14+$15}' "/proc/$pid/stat")" \
       "$(cat /proc/$bench/task/*/schedstat | awk '{s+=$1} END {print s}')" \
-      "$(date +%s.%N)"
+      "$(date +%s.%N)" \
+      "$(awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$pid/task/$server/status")"
   }
   local before after tp
   before="$(snap)"; sleep "$dur"; after="$(snap)"
@@ -62,7 +63,8 @@ import sys
 tp = float(sys.argv[1]); a = [float(x) for x in sys.argv[2].split()]; b = [float(x) for x in sys.argv[3].split()]
 tick = 1e9 / float(sys.argv[4]); n = tp * (b[5] - a[5])
 print(f"tp {tp:.0f} server {(b[2]-a[2])/n:.0f} process {(b[3]-a[3])*tick/n:.0f} "
-      f"bench {(b[4]-a[4])/n:.0f} idle {100*(b[0]-a[0])/(b[1]-a[1]):.1f}")
+      f"bench {(b[4]-a[4])/n:.0f} idle {100*(b[0]-a[0])/(b[1]-a[1]):.1f} "
+      f"sleeps {1000*(b[6]-a[6])/n:.1f}")
 PY
 }
 
@@ -85,10 +87,11 @@ for line in open(sys.argv[1]):
     elif echo:
         ratios[name].append(v["tp"] / echo)
     runs[name].append(v)
-print("medians, per request in ns (server thread, server process, load tool), idle %:")
+print("medians, per request in ns (server thread, server process, load tool), idle %,")
+print("the server thread's sleeps per 1,000 requests:")
 for name, vs in runs.items():
     m = {k: statistics.median(v[k] for v in vs) for k in vs[0]}
     ratio = f" ratio {statistics.median(ratios[name]):.3f}" if name in ratios else ""
     print(f"{name}: {m['tp']:.0f}/s{ratio} server {m['server']:.0f} process {m['process']:.0f} "
-          f"bench {m['bench']:.0f} idle {m['idle']:.1f}")
+          f"bench {m['bench']:.0f} idle {m['idle']:.1f} sleeps {m['sleeps']:.1f}")
 PY

@@ -181,7 +181,13 @@ impl Index {
         for interface in interfaces {
             if let Some(Providers::One(_, slot)) = self.by_interface.get(interface) {
                 if let Some(json) = slot.json.get() {
-                    first_bytes ^= json.get().as_bytes().first().copied().unwrap_or(0);
+                    // Every cache line of it (the reply copies it whole):
+                    // a byte in each 64 and the last, however it is aligned.
+                    let bytes = json.get().as_bytes();
+                    for line in bytes.chunks(64) {
+                        first_bytes ^= line[0];
+                    }
+                    first_bytes ^= bytes.last().copied().unwrap_or(0);
                 }
             }
         }
