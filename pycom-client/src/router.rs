@@ -2,7 +2,10 @@
 //! socket, with a size limit and the routing envelope split off. pycomd and
 //! hosted services both use it; the body inside is [`proto`]'s business.
 
+mod recycled;
+
 use crate::proto;
+pub use recycled::{BodyPool, RecycledBody, BUFFER_BYTES as BODY_BUFFER_BYTES};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -223,6 +226,8 @@ enum Queued {
     Body(Body),
     /// Already in a message: sent as it is.
     Message(zmq::Message),
+    /// Written into a recycled buffer: it leaves without another copy.
+    Recycled(RecycledBody),
 }
 
 /// Replies gathered while a batch of requests is handled, sent together:
@@ -251,6 +256,11 @@ impl Outbox {
         self.replies.push((envelope, status, Queued::Message(body)));
     }
 
+    /// Queue a reply whose body was written into a recycled buffer.
+    pub fn push_recycled(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: RecycledBody) {
+        self.replies.push((envelope, status, Queued::Recycled(body)));
+    }
+
     /// Replies queued, not yet sent.
     pub fn len(&self) -> usize {
         self.replies.len()
@@ -269,6 +279,7 @@ impl Outbox {
                 Queued::Body(Body::Owned(bytes)) => bytes,
                 Queued::Body(Body::Shared(shared)) => &shared.bytes,
                 Queued::Message(message) => message,
+                Queued::Recycled(body) => body.bytes(),
             };
             (*status, bytes)
         })
@@ -287,6 +298,7 @@ impl Outbox {
                     Queued::Body(Body::Owned(bytes)) => socket.send(&bytes[..], zmq::DONTWAIT),
                     Queued::Body(Body::Shared(shared)) => send_shared(socket, &shared),
                     Queued::Message(message) => socket.send(message, zmq::DONTWAIT),
+                    Queued::Recycled(body) => body.send(socket),
                 });
             if let Err(e) = sent {
                 dropped += 1;

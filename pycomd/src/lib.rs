@@ -225,6 +225,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         log_control: launch.log_control,
         stats: nameserver::Stats::default(),
         outbox: Default::default(),
+        bodies: Default::default(),
         chunk: Vec::new(),
         drops_logged: None,
         replies: Default::default(),

@@ -75,6 +75,8 @@ pub struct Server {
     pub stats: Stats,
     /// Replies of the batch being handled, sent when it ends.
     pub outbox: Outbox,
+    /// Buffers for reply bodies, given back once sent.
+    pub bodies: router::BodyPool,
     /// The requests of the chunk being handled (kept for its allocation).
     pub chunk: Vec<Incoming>,
     /// When dropped replies were last logged.
@@ -482,6 +484,7 @@ impl Server {
             caller: &caller,
             policy: self.auth.as_ref().map(|a| &a.policy),
             auth_stats: self.auth.as_ref().map(|a| &a.stats),
+            bodies: &mut self.bodies,
         };
         let plan = nameserver::dispatch(&mut ctx, &request.method, request.args, located);
         debug!(method = %request.method, "request");
@@ -502,6 +505,7 @@ impl Server {
                 self.outbox.push_body(envelope, proto::STATUS_OK, body);
             }
             Plan::Message(body) => self.outbox.push_message(envelope, proto::STATUS_OK, body),
+            Plan::Recycled(body) => self.outbox.push_recycled(envelope, proto::STATUS_OK, body),
         }
     }
 

@@ -288,6 +288,7 @@ mod tests {
                 caller: &crate::auth::Caller::Open,
                 policy: None,
                 auth_stats: None,
+                bodies: &mut Default::default(),
             };
             let args = Args::new("list_services", &args).unwrap();
             let budget = Budget {

@@ -4,6 +4,7 @@ use super::args::{is_valid_name, Args};
 use super::{Context, Plan};
 use crate::registry::Record;
 use pycom_client::proto::{self, Fault};
+use pycom_client::router::BodyPool;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -52,7 +53,7 @@ impl<'a> Located<'a> {
 }
 
 /// The answer: records come from the registry already as JSON.
-fn find(ctx: &Context, interface: &str, service: Option<&str>, as_list: bool) -> Plan {
+fn find(ctx: &mut Context, interface: &str, service: Option<&str>, as_list: bool) -> Plan {
     let not_found = || match service {
         Some(s) => Fault::not_found(format!(
             "locate: no live service '{s}' provides interface '{interface}'"
@@ -74,16 +75,17 @@ fn find(ctx: &Context, interface: &str, service: Option<&str>, as_list: bool) ->
         return Plan::Read(Ok(proto::encode_response_with(Ok(&views), None, Some(&at))));
     }
     match ctx.registry.pick(interface, service, |s| ctx.live(s)) {
-        Some(json) => Plan::Message(reply(json, revision)),
+        Some(json) => reply(json, revision, ctx.bodies),
         None => Plan::fault(not_found()),
     }
 }
 
 /// What `encode_response_with(Ok(json), None, Some(&At))` makes, written
-/// straight into the message that carries it: one allocation and one copy
-/// of the record's JSON per locate, the hottest reply pycomd makes (through
-/// a buffer it was two of each, and a serializer).
-fn reply(json: &RawValue, revision: u64) -> zmq::Message {
+/// straight into the buffer that carries it: one copy of the record's JSON
+/// per locate, the hottest reply pycomd makes (through a buffer it was two
+/// copies and two allocations, and a serializer). The buffer is a recycled
+/// one, or for a record too big for those a message of its own.
+fn reply(json: &RawValue, revision: u64, bodies: &mut BodyPool) -> Plan {
     const HEAD: &[u8] = br#"{"code":0,"result":"#;
     const TAIL: &[u8] = br#","session_id":null,"extensions":{"org.pycom.nameserver":{"revision":"#;
     const END: &[u8] = b"}}}";
@@ -99,14 +101,25 @@ fn reply(json: &RawValue, revision: u64) -> zmq::Message {
         }
     }
     let parts = [HEAD, json.get().as_bytes(), TAIL, &digits[start..], END];
-    let mut message = zmq::Message::with_size(parts.iter().map(|p| p.len()).sum());
-    let mut out: &mut [u8] = &mut message;
-    for part in parts {
-        let (head, rest) = out.split_at_mut(part.len());
-        head.copy_from_slice(part);
-        out = rest;
+    let len = parts.iter().map(|p| p.len()).sum();
+    let write = |mut out: &mut [u8]| {
+        for part in parts {
+            let (head, rest) = out.split_at_mut(part.len());
+            head.copy_from_slice(part);
+            out = rest;
+        }
+    };
+    match bodies.body(len) {
+        Some(mut body) => {
+            write(body.bytes_mut());
+            Plan::Recycled(body)
+        }
+        None => {
+            let mut message = zmq::Message::with_size(len);
+            write(&mut message);
+            Plan::Message(message)
+        }
     }
-    message
 }
 
 /// `extensions["org.pycom.nameserver"] = {"revision": n}`: the revision the
@@ -132,12 +145,30 @@ mod tests {
             "address": "tcp://127.0.0.1:1", "service": "/a/\"b\"", "interfaces": ["a.b"], "metadata": {}
         }))
         .unwrap();
-        for revision in [0, 7, 10, 100, 12_345, u64::MAX] {
-            let at = At {
-                nameserver: Revision { revision },
-            };
-            let want = proto::encode_response_with(Ok(&*json), None, Some(&at));
-            assert_eq!(&reply(&json, revision)[..], &want[..], "revision {revision}");
+        // One too big to be recycled, written into a message of its own.
+        let big = serde_json::value::to_raw_value(&serde_json::json!({
+            "address": "tcp://127.0.0.1:1", "service": "/a/b", "interfaces": ["a.b"],
+            "metadata": {"k": "v".repeat(router_buffer_bytes())}
+        }))
+        .unwrap();
+        let mut bodies = BodyPool::default();
+        for (json, recycled) in [(&json, true), (&big, false)] {
+            for revision in [0, 7, 10, 100, 12_345, u64::MAX] {
+                let at = At {
+                    nameserver: Revision { revision },
+                };
+                let want = proto::encode_response_with(Ok(&**json), None, Some(&at));
+                let got = match reply(json, revision, &mut bodies) {
+                    Plan::Recycled(body) if recycled => body.bytes().to_vec(),
+                    Plan::Message(message) if !recycled => message.to_vec(),
+                    other => panic!("revision {revision}, recycled {recycled}: {other:?}"),
+                };
+                assert_eq!(got, want, "revision {revision}");
+            }
         }
+    }
+
+    fn router_buffer_bytes() -> usize {
+        pycom_client::router::BODY_BUFFER_BYTES
     }
 }

@@ -83,6 +83,8 @@ pub struct Context<'a> {
     pub policy: Option<&'a crate::auth::Policy>,
     /// Its counters, for `stat`.
     pub auth_stats: Option<&'a crate::auth::methods::AuthStats>,
+    /// Buffers for the bodies of `locate`'s replies.
+    pub bodies: &'a mut pycom_client::router::BodyPool,
 }
 
 /// Big replies: the last one made, for a client asking the same again at
@@ -159,6 +161,8 @@ pub enum Plan {
     /// Answer now with a success reply already encoded in the message that
     /// carries it (`locate`'s: no buffer between, no copy on the way out).
     Message(zmq::Message),
+    /// The same written into a recycled buffer (see `router::recycled`).
+    Recycled(pycom_client::router::RecycledBody),
 }
 
 impl Plan {
