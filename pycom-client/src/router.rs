@@ -44,6 +44,16 @@ pub struct Incoming {
 /// message costs pycomd no more memory than the limit (libzmq itself
 /// refuses single frames above the socket's `ZMQ_MAXMSGSIZE`).
 pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, zmq::Error> {
+    recv_into(socket, max_bytes, &mut Vec::new())
+}
+
+/// [`recv`], the frames read into a vector from `spare` (empty ones), if
+/// it has any.
+fn recv_into(
+    socket: &zmq::Socket,
+    max_bytes: usize,
+    spare: &mut Vec<Vec<zmq::Message>>,
+) -> Result<Option<Incoming>, zmq::Error> {
     let first = match socket.recv_msg(zmq::DONTWAIT) {
         Ok(msg) => msg,
         Err(zmq::Error::EAGAIN) => return Ok(None),
@@ -54,7 +64,7 @@ pub fn recv(socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, 
     let mut total = first.len();
     // Room for a usual request (identity, a routing frame or two, the
     // delimiter, command and body) without growing: one allocation.
-    let mut frames = Vec::with_capacity(TYPICAL_FRAMES);
+    let mut frames = spare.pop().unwrap_or_else(|| Vec::with_capacity(TYPICAL_FRAMES));
     frames.push(first);
     let mut count = 1;
     let mut dropping = false;
@@ -240,9 +250,24 @@ enum Queued {
 #[derive(Default)]
 pub struct Outbox {
     replies: Vec<(Vec<zmq::Message>, &'static [u8], Queued)>,
+    /// The envelopes' vectors once their replies left, emptied, for the
+    /// next requests read (see [`Outbox::recv`]).
+    spare: Vec<Vec<zmq::Message>>,
 }
 
+/// Most emptied envelope vectors kept (each holds `TYPICAL_FRAMES`
+/// messages' room, 512 bytes).
+const SPARE_MOST: usize = 1024;
+
 impl Outbox {
+    /// [`recv`] for a server that reads requests in batches and sends
+    /// their replies after: each request's envelope is read into a vector
+    /// a reply sent before left behind, instead of a new one (a batch of
+    /// hundreds would otherwise allocate as many, and free them after).
+    pub fn recv(&mut self, socket: &zmq::Socket, max_bytes: usize) -> Result<Option<Incoming>, zmq::Error> {
+        recv_into(socket, max_bytes, &mut self.spare)
+    }
+
     /// Queue `[envelope..., status, body]`; the envelope frames are moved, not copied.
     pub fn push(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: Vec<u8>) {
         self.replies
@@ -293,9 +318,9 @@ impl Outbox {
     /// peers). Returns how many replies were dropped.
     pub fn flush(&mut self, socket: &mut zmq::Socket) -> u64 {
         let mut dropped = 0;
-        for (envelope, status, body) in self.replies.drain(..) {
+        for (mut envelope, status, body) in self.replies.drain(..) {
             let sent = envelope
-                .into_iter()
+                .drain(..)
                 .try_for_each(|frame| socket.send(frame, zmq::SNDMORE | zmq::DONTWAIT))
                 .and_then(|()| socket.send(status, zmq::SNDMORE | zmq::DONTWAIT))
                 .and_then(|()| match body {
@@ -308,7 +333,45 @@ impl Outbox {
                 dropped += 1;
                 tracing::debug!("reply dropped: {e}");
             }
+            // Bounded in bytes: only vectors of a usual message's room.
+            if envelope.capacity() <= TYPICAL_FRAMES && self.spare.len() < SPARE_MOST {
+                envelope.clear();
+                self.spare.push(envelope);
+            }
         }
         dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(outbox: &mut Outbox, server: &zmq::Socket) -> Incoming {
+        assert_eq!(server.poll(zmq::POLLIN, 5000).unwrap(), 1, "no request came");
+        outbox.recv(server, 1 << 20).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_request_after_a_reply_is_read_into_the_envelope_vector_the_reply_left() {
+        let ctx = zmq::Context::new();
+        let mut server = ctx.socket(zmq::ROUTER).unwrap();
+        server.bind("inproc://outbox").unwrap();
+        let client = ctx.socket(zmq::DEALER).unwrap();
+        client.connect("inproc://outbox").unwrap();
+        let mut outbox = Outbox::default();
+
+        client.send_multipart([&b""[..], b"CALL", b"{}"], 0).unwrap();
+        let first = read(&mut outbox, &server);
+        assert_eq!(first.parts.len(), 2, "command and body");
+        outbox.push(first.envelope, proto::STATUS_OK, b"{}".to_vec());
+        assert_eq!(outbox.flush(&mut server), 0);
+        assert_eq!(client.recv_multipart(0).unwrap()[1], b"OK");
+        assert_eq!(outbox.spare.len(), 1, "the reply's envelope vector was not kept");
+
+        client.send_multipart([&b""[..], b"CALL", b"{}"], 0).unwrap();
+        let second = read(&mut outbox, &server);
+        assert_eq!(second.envelope.len(), 2, "identity and delimiter");
+        assert!(outbox.spare.is_empty(), "the kept vector was not used");
     }
 }

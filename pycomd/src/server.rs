@@ -302,7 +302,7 @@ impl Server {
         while served < BATCH {
             chunk.clear();
             while chunk.len() < CHUNK.min(BATCH - served) {
-                match router::recv(&self.router, self.settings.max_message_bytes) {
+                match self.outbox.recv(&self.router, self.settings.max_message_bytes) {
                     Ok(Some(incoming)) => chunk.push(incoming),
                     Ok(None) => break,
                     Err(e) => {
