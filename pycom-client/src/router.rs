@@ -238,8 +238,6 @@ pub enum Body {
 /// A queued reply's body.
 enum Queued {
     Body(Body),
-    /// Already in a message: sent as it is.
-    Message(zmq::Message),
     /// Written into a recycled buffer: it leaves without another copy.
     Recycled(RecycledBody),
 }
@@ -279,12 +277,6 @@ impl Outbox {
         self.replies.push((envelope, status, Queued::Body(body)));
     }
 
-    /// Queue a reply whose body was written straight into its message
-    /// (a server's hottest replies): it leaves without another copy.
-    pub fn push_message(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: zmq::Message) {
-        self.replies.push((envelope, status, Queued::Message(body)));
-    }
-
     /// Queue a reply whose body was written into a recycled buffer.
     pub fn push_recycled(&mut self, envelope: Vec<zmq::Message>, status: &'static [u8], body: RecycledBody) {
         self.replies.push((envelope, status, Queued::Recycled(body)));
@@ -307,7 +299,6 @@ impl Outbox {
             let bytes: &[u8] = match body {
                 Queued::Body(Body::Owned(bytes)) => bytes,
                 Queued::Body(Body::Shared(shared)) => &shared.bytes,
-                Queued::Message(message) => message,
                 Queued::Recycled(body) => body.bytes(),
             };
             (*status, bytes)
@@ -326,7 +317,6 @@ impl Outbox {
                 .and_then(|()| match body {
                     Queued::Body(Body::Owned(bytes)) => socket.send(&bytes[..], zmq::DONTWAIT),
                     Queued::Body(Body::Shared(shared)) => send_shared(socket, &shared),
-                    Queued::Message(message) => socket.send(message, zmq::DONTWAIT),
                     Queued::Recycled(body) => body.send(socket),
                 });
             if let Err(e) = sent {

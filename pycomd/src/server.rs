@@ -504,7 +504,6 @@ impl Server {
                 }
                 self.outbox.push_body(envelope, proto::STATUS_OK, body);
             }
-            Plan::Message(body) => self.outbox.push_message(envelope, proto::STATUS_OK, body),
             Plan::Recycled(body) => self.outbox.push_recycled(envelope, proto::STATUS_OK, body),
         }
     }

@@ -84,7 +84,7 @@ fn find(ctx: &mut Context, interface: &str, service: Option<&str>, as_list: bool
 /// straight into the buffer that carries it: one copy of the record's JSON
 /// per locate, the hottest reply pycomd makes (through a buffer it was two
 /// copies and two allocations, and a serializer). The buffer is a recycled
-/// one, or for a record too big for those a message of its own.
+/// one, or for a record too big for those a body of its own.
 fn reply(json: &RawValue, revision: u64, bodies: &mut BodyPool) -> Plan {
     const HEAD: &[u8] = br#"{"code":0,"result":"#;
     const TAIL: &[u8] = br#","session_id":null,"extensions":{"org.pycom.nameserver":{"revision":"#;
@@ -115,9 +115,9 @@ fn reply(json: &RawValue, revision: u64, bodies: &mut BodyPool) -> Plan {
             Plan::Recycled(body)
         }
         None => {
-            let mut message = zmq::Message::with_size(len);
-            write(&mut message);
-            Plan::Message(message)
+            let mut body = vec![0; len];
+            write(&mut body);
+            Plan::Read(Ok(body))
         }
     }
 }
@@ -145,10 +145,10 @@ mod tests {
             "address": "tcp://127.0.0.1:1", "service": "/a/\"b\"", "interfaces": ["a.b"], "metadata": {}
         }))
         .unwrap();
-        // One too big to be recycled, written into a message of its own.
+        // One too big to be recycled, written into a body of its own.
         let big = serde_json::value::to_raw_value(&serde_json::json!({
             "address": "tcp://127.0.0.1:1", "service": "/a/b", "interfaces": ["a.b"],
-            "metadata": {"k": "v".repeat(router_buffer_bytes())}
+            "metadata": {"k": "v".repeat(pycom_client::router::BODY_BUFFER_BYTES)}
         }))
         .unwrap();
         let mut bodies = BodyPool::default();
@@ -160,15 +160,11 @@ mod tests {
                 let want = proto::encode_response_with(Ok(&**json), None, Some(&at));
                 let got = match reply(json, revision, &mut bodies) {
                     Plan::Recycled(body) if recycled => body.bytes().to_vec(),
-                    Plan::Message(message) if !recycled => message.to_vec(),
+                    Plan::Read(Ok(body)) if !recycled => body,
                     other => panic!("revision {revision}, recycled {recycled}: {other:?}"),
                 };
                 assert_eq!(got, want, "revision {revision}");
             }
         }
-    }
-
-    fn router_buffer_bytes() -> usize {
-        pycom_client::router::BODY_BUFFER_BYTES
     }
 }

@@ -158,10 +158,8 @@ pub enum Plan {
     Write(Command),
     /// Answer now with a body that may be shared with other replies.
     Body { body: Body, fault: bool },
-    /// Answer now with a success reply already encoded in the message that
-    /// carries it (`locate`'s: no buffer between, no copy on the way out).
-    Message(zmq::Message),
-    /// The same written into a recycled buffer (see `router::recycled`).
+    /// Answer now with a success reply already encoded in a recycled
+    /// buffer (`locate`'s: no copy on the way out, see `router::recycled`).
     Recycled(pycom_client::router::RecycledBody),
 }
 
