@@ -39,6 +39,11 @@ use tracing::{debug, error, info, warn};
 
 /// Requests handled before the loop looks at events and leases again.
 const BATCH: usize = 256;
+/// Replies of a batch sent before it ends, once this many requests are
+/// served (a multiple of `CHUNK`). Sending after every chunk costs more in
+/// wake-ups and small sends than the overlap gains (BENCHMARKS.md, "Taken
+/// off in a fourth session").
+const SEND_AFTER: usize = BATCH / 2;
 /// A batch ends after this long even if requests are waiting.
 const BATCH_TIME: Duration = Duration::from_millis(2);
 /// Requests of a batch received and decoded together, their look-ups
@@ -247,25 +252,9 @@ impl Server {
                     self.serve_workflow(i);
                 }
             }
-            let queued = self.outbox.len();
-            let dropped = self.outbox.flush(&mut self.router);
+            let answered = self.send_replies();
             if !serving {
-                answered_while_stopping += queued as u64 - dropped;
-            }
-            if dropped > 0 {
-                self.stats.dropped_replies += dropped;
-                // One line a second at most, however hard a peer floods.
-                if self
-                    .drops_logged
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                {
-                    self.drops_logged = Some(Instant::now());
-                    warn!(
-                        total = self.stats.dropped_replies,
-                        "replies dropped: their peers are gone or not reading (high_water_mark = {})",
-                        self.settings.high_water_mark
-                    );
-                }
+                answered_while_stopping += answered;
             }
             if let Flow::Stopped(stopped) = flow {
                 if answered_while_stopping > 0 {
@@ -281,6 +270,29 @@ impl Server {
                 return stopped;
             }
         }
+    }
+
+    /// Send the replies waiting in the outbox; how many went out. A reply
+    /// libzmq refuses (its peer gone or not reading) is counted and logged.
+    fn send_replies(&mut self) -> u64 {
+        let queued = self.outbox.len() as u64;
+        let dropped = self.outbox.flush(&mut self.router);
+        if dropped > 0 {
+            self.stats.dropped_replies += dropped;
+            // One line a second at most, however hard a peer floods.
+            if self
+                .drops_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.drops_logged = Some(Instant::now());
+                warn!(
+                    total = self.stats.dropped_replies,
+                    "replies dropped: their peers are gone or not reading (high_water_mark = {})",
+                    self.settings.high_water_mark
+                );
+            }
+        }
+        queued - dropped
     }
 
     fn serve_batch(&mut self) {
@@ -355,6 +367,12 @@ impl Server {
             }
             if drained || before.duration_since(now) > BATCH_TIME {
                 break;
+            }
+            // Half a batch's replies go out while the rest is served: the
+            // clients that get them send again meanwhile, instead of every
+            // client waiting on the whole batch with a core idle.
+            if served == SEND_AFTER {
+                self.send_replies();
             }
         }
         chunk.clear();
