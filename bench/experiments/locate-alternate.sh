@@ -7,7 +7,7 @@
 # build can be held against the echo built with its own libzmq). Every
 # server is started once and preloaded; then ROUNDS rounds run each for
 # $DUR (3) s with BINDIR's own load tool. Prints each run and per name the
-# median throughput, p50 and the machine's idle share.
+# median throughput, its ratio to an echo, p50 and the machine's idle share.
 #
 #   bash bench/experiments/locate-alternate.sh 10 echo=old old=old echo2=target/release new=target/release
 set -uo pipefail
@@ -54,13 +54,19 @@ for _ in $(seq "$rounds"); do
   done
 done | tee "$work/runs"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$work/runs" <<'PY'
+# Each pycomd's ratio is to the echo of its own BINDIR, else the first echo.
+python3 - "$work/runs" $(for n in "${names[@]}"; do echo "$n=${bindir[$n]}"; done) <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     f = line.split()
     runs[f[0]].append((float(f[4]), float(f[5]), float(f[-1])))
+bindir = dict(a.split("=", 1) for a in sys.argv[2:])
+echoes = [n for n in bindir if n.startswith("echo")]
+median = {n: statistics.median(x[0] for x in v) for n, v in runs.items()}
 for name, v in runs.items():
-    print(f"{name:<8} median {statistics.median(x[0] for x in v):7.0f}/s  p50 {statistics.median(x[1] for x in v):4.0f} µs  "
+    own = [e for e in echoes if bindir[e] == bindir[name]] or echoes
+    ratio = f"{median[name] / median[own[0]]:5.2f} of {own[0]}" if own and not name.startswith("echo") else ""
+    print(f"{name:<9} median {median[name]:8,.0f}/s {ratio:<16} p50 {statistics.median(x[1] for x in v):4.0f} µs  "
           f"idle {statistics.median(x[2] for x in v):3.0f} %  runs: " + " ".join(f"{x[0]/1000:.0f}k" for x in v))
 PY
