@@ -44,6 +44,8 @@ const BATCH: usize = 256;
 /// wake-ups and small sends than the overlap gains (BENCHMARKS.md, "Taken
 /// off in a fourth session").
 const SEND_AFTER: usize = BATCH / 2;
+// `serve_batch` counts served requests a whole chunk at a time.
+const _: () = assert!(SEND_AFTER.is_multiple_of(CHUNK));
 /// A batch ends after this long even if requests are waiting.
 const BATCH_TIME: Duration = Duration::from_millis(2);
 /// Requests of a batch received and decoded together, their look-ups
@@ -78,7 +80,8 @@ pub struct Server {
     pub overrides: Overrides,
     pub log_control: LogControl,
     pub stats: Stats,
-    /// Replies of the batch being handled, sent when it ends.
+    /// Replies of the batch being handled, sent half-way through it
+    /// (`SEND_AFTER`) and when it ends.
     pub outbox: Outbox,
     /// Buffers for reply bodies, given back once sent.
     pub bodies: router::BodyPool,
