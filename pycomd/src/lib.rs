@@ -226,7 +226,7 @@ pub fn run(settings: Settings, launch: Launch) -> Result<(), Failure> {
         stats: nameserver::Stats::default(),
         outbox: Default::default(),
         bodies: Default::default(),
-        chunk: Vec::new(),
+        chunk: Default::default(),
         drops_logged: None,
         replies: Default::default(),
         applied: last,
