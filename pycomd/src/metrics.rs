@@ -206,10 +206,17 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&mut self, took: Duration) {
-        self.counts[bucket_of(took)] += 1;
-        self.sum_ns = self
-            .sum_ns
-            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        self.observe_many(took, 1);
+    }
+
+    /// `n` observations that each took `took`.
+    pub fn observe_many(&mut self, took: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counts[bucket_of(took)] += n;
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns = self.sum_ns.saturating_add(ns.saturating_mul(n));
     }
 }
 
@@ -217,7 +224,8 @@ impl Histogram {
 #[derive(Debug, Clone)]
 pub struct Tally {
     requests: Box<[u64; SLOTS]>,
-    /// From receiving a locate to its reply being queued.
+    /// From reading a locate to its reply being queued: the time of the
+    /// chunk of requests it came in (`Server::serve_batch`).
     pub locate: Histogram,
     /// From receiving a register to its reply being queued (made durable,
     /// applied).
@@ -729,6 +737,18 @@ mod tests {
         );
         assert_eq!(Code::of_reply(b"FAIL", b""), Code::Fail);
         assert_eq!(Code::of_reply(b"OK", b"garbage"), Code::Number(-1));
+    }
+
+    #[test]
+    fn a_chunk_of_locates_is_observed_as_many_at_the_chunk_s_time() {
+        let mut h = Histogram::default();
+        h.observe_many(Duration::from_micros(20), 16);
+        h.observe_many(Duration::from_secs(1), 0);
+        h.observe(Duration::from_micros(5));
+        assert_eq!(h.counts[bucket_of(Duration::from_micros(20))], 16);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts.iter().sum::<u64>(), 17);
+        assert_eq!(h.sum_ns, 16 * 20_000 + 5_000);
     }
 
     #[test]
