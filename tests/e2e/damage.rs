@@ -361,6 +361,32 @@ fn restart_from_snapshots_and_log_after_kill_9_has_exactly_the_acknowledged_reco
 }
 
 #[test]
+fn a_file_where_the_data_dir_or_its_log_should_be_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).expect("mkdir");
+    let log = data_dir.join("log");
+    std::fs::write(&log, b"not a log").expect("write");
+    let as_file = dir.path().join("file");
+    std::fs::write(&as_file, b"not a dir").expect("write");
+    for (data_dir, file) in [(&data_dir, &log), (&as_file, &as_file)] {
+        let refused = refused_start(data_dir, &[]);
+        let expected = format!(
+            "cannot use the data dir {}: {} is a file, not a directory",
+            data_dir.display(),
+            file.display()
+        );
+        assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains(&expected),
+            "the refusal should say {expected:?}; it said:\n{}",
+            refused.stderr
+        );
+    }
+    assert_eq!(std::fs::read(&log).expect("read"), b"not a log");
+}
+
+#[test]
 fn a_second_pycomd_on_the_same_data_dir_is_refused() {
     let d = Daemon::start();
     d.ns()

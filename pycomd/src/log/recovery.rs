@@ -48,7 +48,7 @@ pub struct LogFiles {
 /// Take the data dir's LOCK: a second pycomd on the same dir is refused.
 pub fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
     let dir_err = |e: std::io::Error| format!("cannot use the data dir {}: {e}", data_dir.display());
-    std::fs::create_dir_all(data_dir).map_err(dir_err)?;
+    create_dir(data_dir, data_dir)?;
     let lock = File::create(data_dir.join("LOCK")).map_err(dir_err)?;
     if lock.try_lock().is_err() {
         return Err(format!(
@@ -59,6 +59,19 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
     Ok(lock)
 }
 
+/// Make `dir` (the data dir or one in it) and its parents. A file where a
+/// directory should be is named: "File exists" alone does not say which.
+fn create_dir(data_dir: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        let why = match dir.ancestors().find(|p| p.exists() && !p.is_dir()) {
+            Some(file) => format!("{} is a file, not a directory", file.display()),
+            None if dir == data_dir => e.to_string(),
+            None => format!("cannot create {}: {e}", dir.display()),
+        };
+        format!("cannot use the data dir {}: {why}", data_dir.display())
+    })
+}
+
 pub fn log_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("log")
 }
@@ -67,7 +80,7 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
     let started = Instant::now();
     let dir_err = |e: std::io::Error| format!("cannot use the data dir {}: {e}", data_dir.display());
     let log_dir = log_dir(data_dir);
-    std::fs::create_dir_all(&log_dir).map_err(dir_err)?;
+    create_dir(data_dir, &log_dir)?;
     let lock = lock_data_dir(data_dir)?;
     wal::sync_dir(data_dir).map_err(dir_err)?;
     refuse_old_format(data_dir)?;
