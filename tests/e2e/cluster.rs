@@ -1701,3 +1701,115 @@ fn a_follower_cut_off_from_the_leader_says_so_in_stat() {
         cluster.report()
     );
 }
+
+/// README, "Backup and restore": a snapshot of a cluster's leader, restored
+/// into an empty data dir, starts a new one-member cluster holding every
+/// record; a member added from an empty data dir catches up from it.
+#[test]
+fn a_leaders_snapshot_restores_into_a_new_cluster_that_others_join() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.expect_leader(Duration::from_secs(10));
+    let names: Vec<String> = (0..20).map(|i| format!("/restored/{i}")).collect();
+    let mut ns = cluster.ns(leader);
+    for name in &names {
+        ns.register(&leased(name, "tcp://127.0.0.1:7", &["restored.test"], 600_000))
+            .expect("register");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.snap");
+    let saved = pycom_e2e::pycomctl(
+        cluster.daemon(leader),
+        &["snapshot", "save", snap.to_str().expect("utf-8")],
+    );
+    assert!(
+        saved.status.success(),
+        "snapshot save on the leader: {}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    drop(cluster);
+
+    let data1 = dir.path().join("data1");
+    let restored = pycom_e2e::run_to_exit(
+        pycom_e2e::pycomd_command()
+            .arg("--restore")
+            .arg(&snap)
+            .arg("--data-dir")
+            .arg(&data1),
+        Duration::from_secs(30),
+    );
+    assert!(restored.status.success(), "restore: {}", restored.stderr);
+
+    let node = |id: u64| {
+        (
+            format!("tcp://127.0.0.1:{}", pycom_e2e::free_port()),
+            format!("127.0.0.1:{}", pycom_e2e::free_port()),
+            dir.path().join(format!("data{id}")),
+        )
+    };
+    let (client1, peer1, _) = node(1);
+    let (client2, peer2, data2) = node(2);
+    let member = |id: u64, client: &str, peer: &str| {
+        format!("{id} = {{ peer = \"{peer}\", client = \"{client}\" }}\n")
+    };
+    let config = |id: u64, client: &str, peer: &str, data: &std::path::Path, extra: &str, members: &str| {
+        let path = dir.path().join(format!("node{id}.toml"));
+        let text = format!(
+            "listen = \"{client}\"\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\n[pubsub]\nenabled = false\n[cluster]\nnode_id = {id}\npeer_listen = \"{peer}\"\n{extra}[cluster.members]\n{members}",
+            data.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let one = config(1, &client1, &peer1, &data1, "", &member(1, &client1, &peer1));
+    let mut node1 = Streamed::spawn(pycom_e2e::pycomd_command().arg("--config").arg(&one));
+    node1.wait_stderr(
+        "the single node's registry is this cluster's now",
+        Duration::from_secs(20),
+    );
+    let ctx = zmq::Context::new();
+    let listed = |endpoint: &str| {
+        let mut ns = pycom_client::NameserverClient::new(connect(&ctx, endpoint, 2000));
+        ns.list_all(None, Some("/restored/"), false)
+            .map(|list| list.into_iter().map(|r| r.service).collect::<Vec<_>>())
+    };
+    let mut found = listed(&client1).expect("list on the restored member");
+    found.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(found, want, "the restored cluster holds every record");
+
+    let two = config(
+        2,
+        &client2,
+        &peer2,
+        &data2,
+        "join = true\n",
+        &(member(1, &client1, &peer1) + &member(2, &client2, &peer2)),
+    );
+    let mut node2 = Streamed::spawn(pycom_e2e::pycomd_command().arg("--config").arg(&two));
+    assert!(
+        wait_until(Duration::from_secs(10), || connect(&ctx, &client2, 500)
+            .invoke("org.pycom.nameserver", "stat", Value::Null)
+            .is_ok()),
+        "node 2 does not serve: {}",
+        node2.output()
+    );
+    let added = connect(&ctx, &client1, 30_000).invoke(
+        "org.pycom.cluster",
+        "add",
+        json!({"id": 2, "peer": peer2, "client": client2}),
+    );
+    assert!(
+        added.is_ok(),
+        "add: {added:?}\nnode 1:\n{}\nnode 2:\n{}",
+        node1.output(),
+        node2.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || listed(&client2)
+            .is_ok_and(|list| list.len() == names.len())),
+        "node 2 never caught up: {:?}\nnode 2:\n{}",
+        listed(&client2),
+        node2.output()
+    );
+}
