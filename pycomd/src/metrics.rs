@@ -158,8 +158,8 @@ impl Code {
     }
 }
 
-/// Upper bounds of the latency histograms, in seconds: 10 µs (a locate)
-/// to 10 s (a write waiting for a slow disk or a cluster's commit).
+/// Upper bounds of the latency histograms, in seconds: 10 µs (a locate
+/// alone; a chunk of them takes longer, see `Tally::locate`) to 10 s (a write waiting for a slow disk or a cluster's commit).
 pub const BUCKETS: [f64; 19] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -442,7 +442,7 @@ impl prometheus_client::collector::Collector for Scrape {
         histogram(
             e,
             "pycom_request_duration_seconds",
-            "Time from a request's arrival to its reply (a register's includes making it durable)",
+            "Time from a request's arrival to its reply (a register's includes making it durable; a locate's is the time of the chunk of up to 16 requests it was read and answered in, an upper bound)",
             &[
                 (
                     &[("method", "locate")],

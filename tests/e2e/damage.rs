@@ -361,7 +361,7 @@ fn restart_from_snapshots_and_log_after_kill_9_has_exactly_the_acknowledged_reco
 }
 
 #[test]
-fn a_file_where_the_data_dir_or_its_log_should_be_is_named() {
+fn what_stands_where_the_data_dir_or_its_log_should_be_is_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     std::fs::create_dir(&data_dir).expect("mkdir");
@@ -369,13 +369,21 @@ fn a_file_where_the_data_dir_or_its_log_should_be_is_named() {
     std::fs::write(&log, b"not a log").expect("write");
     let as_file = dir.path().join("file");
     std::fs::write(&as_file, b"not a dir").expect("write");
-    for (data_dir, file) in [(&data_dir, &log), (&as_file, &as_file)] {
+    let dangling = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).expect("symlink");
+    for (data_dir, what) in [
+        (&data_dir, format!("{} is not a directory", log.display())),
+        (&as_file, format!("{} is not a directory", as_file.display())),
+        (
+            &dangling,
+            format!(
+                "{} is a symbolic link to nothing that can be reached",
+                dangling.display()
+            ),
+        ),
+    ] {
         let refused = refused_start(data_dir, &[]);
-        let expected = format!(
-            "cannot use the data dir {}: {} is a file, not a directory",
-            data_dir.display(),
-            file.display()
-        );
+        let expected = format!("cannot use the data dir {}: {what}", data_dir.display());
         assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
         assert!(
             refused.stderr.contains(&expected),

@@ -59,12 +59,23 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, String> {
     Ok(lock)
 }
 
-/// Make `dir` (the data dir or one in it) and its parents. A file where a
-/// directory should be is named: "File exists" alone does not say which.
+/// Make `dir` (the data dir or one in it) and its parents. What stands
+/// where a directory should be is named: "File exists" alone does not say
+/// which path.
 fn create_dir(data_dir: &Path, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| {
-        let why = match dir.ancestors().find(|p| p.exists() && !p.is_dir()) {
-            Some(file) => format!("{} is a file, not a directory", file.display()),
+        let in_the_way =
+            dir.ancestors()
+                .find_map(|p| match (std::fs::metadata(p), std::fs::symlink_metadata(p)) {
+                    (Ok(m), _) if !m.is_dir() => Some(format!("{} is not a directory", p.display())),
+                    (Err(_), Ok(l)) if l.file_type().is_symlink() => Some(format!(
+                        "{} is a symbolic link to nothing that can be reached",
+                        p.display()
+                    )),
+                    _ => None,
+                });
+        let why = match in_the_way {
+            Some(why) => why,
             None if dir == data_dir => e.to_string(),
             None => format!("cannot create {}: {e}", dir.display()),
         };
@@ -80,8 +91,9 @@ pub fn open(data_dir: &Path, options: &Options) -> Result<Opened, String> {
     let started = Instant::now();
     let dir_err = |e: std::io::Error| format!("cannot use the data dir {}: {e}", data_dir.display());
     let log_dir = log_dir(data_dir);
-    create_dir(data_dir, &log_dir)?;
+    // The data dir first: an error then names the path that failed.
     let lock = lock_data_dir(data_dir)?;
+    create_dir(data_dir, &log_dir)?;
     wal::sync_dir(data_dir).map_err(dir_err)?;
     refuse_old_format(data_dir)?;
     snapshot::remove_leftovers(data_dir).map_err(dir_err)?;
