@@ -1729,14 +1729,7 @@ fn a_leaders_snapshot_restores_into_a_new_cluster_that_others_join() {
     drop(cluster);
 
     let data1 = dir.path().join("data1");
-    let restored = pycom_e2e::run_to_exit(
-        pycom_e2e::pycomd_command()
-            .arg("--restore")
-            .arg(&snap)
-            .arg("--data-dir")
-            .arg(&data1),
-        Duration::from_secs(30),
-    );
+    let restored = pycom_e2e::restore(&snap, &data1, false);
     assert!(restored.status.success(), "restore: {}", restored.stderr);
 
     let node = |id: u64| {

@@ -10,7 +10,7 @@
 use pycom_client::{Code, Registration};
 use pycom_e2e::cluster::Cluster;
 use pycom_e2e::mounts::{prerequisites, skip, Mount};
-use pycom_e2e::{bin, http_get, http_raw, leased, pycomd_command, run_to_exit, wait_until, Daemon};
+use pycom_e2e::{bin, http_get, http_raw, leased, wait_until, Daemon};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -371,14 +371,7 @@ fn snapshot_save_under_write_load_restores_exactly_the_state_at_its_revision() {
     assert!(expected.len() < now.len(), "writes went on after the snapshot");
 
     let data = dir.path().join("restored");
-    let done = run_to_exit(
-        pycomd_command()
-            .arg("--restore")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(&data),
-        Duration::from_secs(60),
-    );
+    let done = pycom_e2e::restore(&file, &data, false);
     assert!(done.status.success(), "restore: {}", done.stderr);
     let restored = Daemon::with_data_dir(&data, &[], &[]);
     let got = revisions(&restored);
@@ -409,14 +402,7 @@ fn a_damaged_snapshot_or_a_non_empty_data_dir_is_refused() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("sha256"), "{text}");
 
-    let restore = |file: &Path, data: &Path, force: bool| {
-        let mut cmd = pycomd_command();
-        cmd.arg("--restore").arg(file).arg("--data-dir").arg(data);
-        if force {
-            cmd.arg("--force");
-        }
-        run_to_exit(&mut cmd, Duration::from_secs(30))
-    };
+    let restore = pycom_e2e::restore;
     // One byte flipped in the registry: the checksum catches it.
     let mut bytes = std::fs::read(&file).expect("read");
     let at = bytes.len() - 10;

@@ -336,6 +336,17 @@ pub fn pycomd_command() -> Command {
     cmd
 }
 
+/// `pycomd --restore FILE --data-dir DATA_DIR` (with `--force` if asked),
+/// run until it exits.
+pub fn restore(file: &Path, data_dir: &Path, force: bool) -> Exited {
+    let mut cmd = pycomd_command();
+    cmd.arg("--restore").arg(file).arg("--data-dir").arg(data_dir);
+    if force {
+        cmd.arg("--force");
+    }
+    run_to_exit(&mut cmd, Duration::from_secs(60))
+}
+
 /// Run `cmd` until it exits on its own (e.g. pycomd refusing to start),
 /// capturing its stderr. If it still runs after `timeout`, it is killed and
 /// this panics with what it wrote.
