@@ -551,3 +551,77 @@ fn under_access_control_only_the_admin_takes_a_backup() {
     .expect_err("alice may not read it either");
     assert_eq!(refused.code, Code::AccessDenied);
 }
+
+/// The metric names a PromQL expression mentions (`pycom_*`, `process_*`).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("pycom_") || word.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The sample names of a /metrics page.
+fn exported(address: &str) -> BTreeSet<String> {
+    let (status, body) = http_get(address, "/metrics");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// etc/grafana/pycomd.json asks only for what pycomd exports: every metric
+/// its queries name is on the /metrics page of a node with access control
+/// on or of a cluster member (the families only those have).
+#[test]
+fn the_grafana_dashboard_asks_only_for_metrics_pycomd_exports() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/grafana/pycomd.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut asked = BTreeSet::new();
+    let mut queries = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has a PromQL expr");
+            let names = metric_names(expr);
+            assert!(
+                !names.is_empty(),
+                "{}: {expr} names no pycomd metric",
+                panel["title"]
+            );
+            asked.extend(names);
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "only {queries} queries");
+
+    let setup = pycom_e2e::auth::AuthSetup::new(&[("alice", "alice-pw")], "");
+    let secured = setup.start();
+    let cluster = Cluster::start(3);
+    cluster.expect_leader(Duration::from_secs(20));
+    let mut exported_names = exported(&secured.http_address());
+    exported_names.extend(exported(&cluster.daemon(1).http_address()));
+    let missing: Vec<_> = asked.difference(&exported_names).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard asks for metrics pycomd does not export: {missing:?}\nexported: {exported_names:?}"
+    );
+    // And it shows every family pycomd exports (bar the build info it
+    // lists instances by).
+    let family = |name: &str| {
+        ["_bucket", "_sum", "_count", "_total", "_info"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name)
+            .to_string()
+    };
+    let shown: BTreeSet<String> = asked.iter().map(|n| family(n)).collect();
+    let unshown: Vec<_> = exported_names
+        .iter()
+        .map(|n| family(n))
+        .filter(|f| !shown.contains(f) && f != "pycom_build")
+        .collect();
+    assert!(unshown.is_empty(), "the dashboard leaves out {unshown:?}");
+}
