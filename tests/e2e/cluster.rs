@@ -5,7 +5,7 @@
 use pycom_client::proto::Request;
 use pycom_client::{Code, Connection};
 use pycom_e2e::auth::{self, AuthSetup};
-use pycom_e2e::cluster::{agreed_leader, Cluster, ClusterOptions, History};
+use pycom_e2e::cluster::{agreed_leader, Cluster, ClusterOptions, History, Member, NodeConfig};
 use pycom_e2e::linearizability::{RegistryInput, RegistryOutput};
 use pycom_e2e::{leased, wait_until, Streamed};
 use serde_json::{json, Value};
@@ -1728,32 +1728,36 @@ fn a_leaders_snapshot_restores_into_a_new_cluster_that_others_join() {
     );
     drop(cluster);
 
-    let data1 = dir.path().join("data1");
-    let restored = pycom_e2e::restore(&snap, &data1, false);
+    let data_dir = |id: u64| dir.path().join(format!("data{id}"));
+    let restored = pycom_e2e::restore(&snap, &data_dir(1), false);
     assert!(restored.status.success(), "restore: {}", restored.stderr);
 
-    let node = |id: u64| {
-        (
-            format!("tcp://127.0.0.1:{}", pycom_e2e::free_port()),
-            format!("127.0.0.1:{}", pycom_e2e::free_port()),
-            dir.path().join(format!("data{id}")),
-        )
+    // Each node's config as the harness writes its own (`NodeConfig`).
+    let member = |id: u64| Member {
+        id,
+        peer: format!("127.0.0.1:{}", pycom_e2e::free_port()),
+        client: format!("tcp://127.0.0.1:{}", pycom_e2e::free_port()),
     };
-    let (client1, peer1, _) = node(1);
-    let (client2, peer2, data2) = node(2);
-    let member = |id: u64, client: &str, peer: &str| {
-        format!("{id} = {{ peer = \"{peer}\", client = \"{client}\" }}\n")
-    };
-    let config = |id: u64, client: &str, peer: &str, data: &std::path::Path, extra: &str, members: &str| {
-        let path = dir.path().join(format!("node{id}.toml"));
-        let text = format!(
-            "listen = \"{client}\"\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\n[pubsub]\nenabled = false\n[cluster]\nnode_id = {id}\npeer_listen = \"{peer}\"\n{extra}[cluster.members]\n{members}",
-            data.display()
-        );
-        std::fs::write(&path, text).unwrap();
+    let (member1, member2) = (member(1), member(2));
+    let (client1, peer2, client2) = (&member1.client, &member2.peer, &member2.client);
+    let config = |me: &Member, members: &[&Member], cluster_settings: &[&str]| {
+        let node = NodeConfig {
+            node_id: me.id,
+            listen: me.client.clone(),
+            data_dir: data_dir(me.id),
+            peer_listen: me.peer.clone(),
+            write_timeout_ms: ClusterOptions::default().write_timeout_ms,
+            members: members.iter().map(|m| (*m).clone()).collect(),
+            settings: ["http_listen = \"127.0.0.1:0\"", "[pubsub]", "enabled = false"]
+                .map(String::from)
+                .to_vec(),
+            cluster_settings: cluster_settings.iter().map(|s| s.to_string()).collect(),
+        };
+        let path = dir.path().join(format!("node{}.toml", me.id));
+        std::fs::write(&path, node.to_toml()).unwrap();
         path
     };
-    let one = config(1, &client1, &peer1, &data1, "", &member(1, &client1, &peer1));
+    let one = config(&member1, &[&member1], &[]);
     let mut node1 = Streamed::spawn(pycom_e2e::pycomd_command().arg("--config").arg(&one));
     node1.wait_stderr(
         "the single node's registry is this cluster's now",
@@ -1765,29 +1769,22 @@ fn a_leaders_snapshot_restores_into_a_new_cluster_that_others_join() {
         ns.list_all(None, Some("/restored/"), false)
             .map(|list| list.into_iter().map(|r| r.service).collect::<Vec<_>>())
     };
-    let mut found = listed(&client1).expect("list on the restored member");
+    let mut found = listed(client1).expect("list on the restored member");
     found.sort();
     let mut want = names.clone();
     want.sort();
     assert_eq!(found, want, "the restored cluster holds every record");
 
-    let two = config(
-        2,
-        &client2,
-        &peer2,
-        &data2,
-        "join = true\n",
-        &(member(1, &client1, &peer1) + &member(2, &client2, &peer2)),
-    );
+    let two = config(&member2, &[&member1, &member2], &["join = true"]);
     let mut node2 = Streamed::spawn(pycom_e2e::pycomd_command().arg("--config").arg(&two));
     assert!(
-        wait_until(Duration::from_secs(10), || connect(&ctx, &client2, 500)
+        wait_until(Duration::from_secs(10), || connect(&ctx, client2, 500)
             .invoke("org.pycom.nameserver", "stat", Value::Null)
             .is_ok()),
         "node 2 does not serve: {}",
         node2.output()
     );
-    let added = connect(&ctx, &client1, 30_000).invoke(
+    let added = connect(&ctx, client1, 30_000).invoke(
         "org.pycom.cluster",
         "add",
         json!({"id": 2, "peer": peer2, "client": client2}),
@@ -1799,10 +1796,10 @@ fn a_leaders_snapshot_restores_into_a_new_cluster_that_others_join() {
         node2.output()
     );
     assert!(
-        wait_until(Duration::from_secs(20), || listed(&client2)
+        wait_until(Duration::from_secs(20), || listed(client2)
             .is_ok_and(|list| list.len() == names.len())),
         "node 2 never caught up: {:?}\nnode 2:\n{}",
-        listed(&client2),
+        listed(client2),
         node2.output()
     );
 }
