@@ -159,7 +159,8 @@ impl Code {
 }
 
 /// Upper bounds of the latency histograms, in seconds: 10 µs (a locate
-/// alone; a chunk of them takes longer, see `Tally::locate`) to 10 s (a write waiting for a slow disk or a cluster's commit).
+/// alone; a chunk of them takes longer, see `Tally::locate`) to 10 s (a
+/// write waiting for a slow disk or a cluster's commit).
 pub const BUCKETS: [f64; 19] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

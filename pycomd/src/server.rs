@@ -351,7 +351,6 @@ impl Server {
             mut decoded,
         } = std::mem::take(&mut self.chunk);
         let mut served = 0;
-        let mut locates = 0;
         while served < BATCH {
             incoming.clear();
             while incoming.len() < CHUNK.min(BATCH - served) {
@@ -387,6 +386,7 @@ impl Server {
                     .iter()
                     .filter_map(|(_, located)| located.map(|l| l.interface)),
             );
+            let mut locates = 0;
             for ((envelope, (request, located)), incoming) in
                 envelopes.drain(..).zip(requests.drain(..)).zip(&incoming)
             {
@@ -404,7 +404,7 @@ impl Server {
             let after = Instant::now();
             self.metrics
                 .locate
-                .observe_many(after.duration_since(before), std::mem::take(&mut locates));
+                .observe_many(after.duration_since(before), locates);
             before = after;
             decoded = relend(requests);
             if drained || before.duration_since(now) > BATCH_TIME {
